@@ -42,6 +42,13 @@ def normalize_patches(target: torch.Tensor) -> torch.Tensor:
     return (target - mean) / std
 
 
+def denormalize_patches(pred: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Undo `normalize_patches`: pred (N, L, P) in per-patch standard units -> pixels, using the
+    mean and std of each patch of `reference` (N, L, P), the patchified original image."""
+    mean, std = patch_stats(reference)
+    return pred * std + mean
+
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Per-patch MSE averaged over the patch vector, then over patches where mask == 1.
 

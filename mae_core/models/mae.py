@@ -75,7 +75,10 @@ class MaskedAutoencoderViT(nn.Module):
 
         # Decoder: used only for pretraining.
         self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
+        if not c.mask_token_in_encoder:
+            # The slow variant's decoder already gets every position from the encoder; an unused
+            # parameter would make DDP demand find_unused_parameters=True.
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
         self.decoder_pos_embed = _sincos_parameter(c.decoder_embed_dim, grid)
         self.decoder_blocks = nn.ModuleList(
             Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, fused_attn=c.fused_attn)
@@ -87,7 +90,7 @@ class MaskedAutoencoderViT(nn.Module):
 
     def reset_parameters(self) -> None:
         init_patch_embed(self.patch_embed)
-        for token in (self.cls_token, self.mask_token, getattr(self, "encoder_mask_token", None)):
+        for token in (self.cls_token, getattr(self, "mask_token", None), getattr(self, "encoder_mask_token", None)):
             if token is not None:
                 nn.init.normal_(token, std=0.02)
         self.apply(init_vit_weights)
@@ -150,8 +153,11 @@ class MaskedAutoencoderViT(nn.Module):
         return normalize_patches(target) if self.config.norm_pix_loss else target
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        target = self.reconstruction_target(imgs)
-        return masked_mse(pred.float(), target.float(), None if self.config.loss_on_visible else mask)
+        """imgs (N, C, H, W), pred (N, L, p*p*C), mask (N, L) -> scalar loss."""
+        # The target and the loss stay in float32 under autocast: per-patch variances of
+        # bf16 pixels are too coarse for the norm-pix target.
+        target = self.reconstruction_target(imgs.float())
+        return masked_mse(pred.float(), target, None if self.config.loss_on_visible else mask)
 
     def forward(
         self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
@@ -166,9 +172,15 @@ class MaskedAutoencoderViT(nn.Module):
     # -- downstream ----------------------------------------------------------------------
     @torch.no_grad()
     def extract_features(self, imgs: torch.Tensor, pool: str = "cls") -> torch.Tensor:
-        """Encoder features of unmasked images, (N, D): the cls token or the mean of patch tokens."""
+        """(N, C, H, W) -> (N, D) encoder features of unmasked images.
+
+        pool "cls" (or "token"): the normed cls token, what timm's `global_pool="token"` returns.
+        pool "avg" (or "mean"): the mean of the normed patch tokens.
+        """
+        if pool not in ("cls", "token", "avg", "mean"):
+            raise ValueError(f"unknown pool {pool!r}; choose 'cls' or 'avg'")
         latent, _ = self.forward_encoder(imgs, mask_ratio=0.0, noise=_identity_noise(imgs, self))
-        return latent[:, 0] if pool == "cls" else latent[:, 1:].mean(dim=1)
+        return latent[:, 0] if pool in ("cls", "token") else latent[:, 1:].mean(dim=1)
 
 
 def _identity_noise(imgs: torch.Tensor, model: MaskedAutoencoderViT) -> torch.Tensor:

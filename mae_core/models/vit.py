@@ -57,7 +57,8 @@ class Attention(nn.Module):
         if self.fused:
             out = F.scaled_dot_product_attention(q, k, v)
         else:
-            weights = (q * self.scale) @ k.transpose(-2, -1)
+            # The release's order: scale after the product, softmax over keys.
+            weights = (q @ k.transpose(-2, -1)) * self.scale  # (N, heads, T, T)
             out = weights.softmax(dim=-1) @ v
         return self.proj(out.transpose(1, 2).reshape(n, t, d))
 
