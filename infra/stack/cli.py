@@ -1,0 +1,262 @@
+"""`infra/stack.sh up|down|status|clean [GROUP...]` — see docs/operations.md."""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import config as cfg
+from . import packages, services, slurm
+from .base import Service
+from .process import StackError, is_alive, start_time
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Reporter:
+    """Thread-safe progress lines with the time since the command started."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self, who: str, msg: str) -> None:
+        with self._lock:
+            print(f"[{time.monotonic() - self.t0:5.1f}s] {who:<10} {msg}", flush=True)
+
+
+class Stack:
+    def __init__(self, s: cfg.Settings):
+        self.s = s
+        self.slurm = slurm.services(s)
+        self.other = services.services(s)
+        self.all: dict[str, Service] = {**self.slurm, **self.other}
+        self.say = Reporter()
+        self.started: list[Service] = []   # by this invocation (stopped again if `up` fails)
+        self._started_lock = threading.Lock()
+
+    # -- up --------------------------------------------------------------------------------
+    def _ensure(self, svc: Service) -> None:
+        was_running = svc.daemon.running() is not None
+        what = svc.ensure()
+        if svc.daemon.running() is not None and (not was_running or what.startswith("restarted")):
+            with self._started_lock:
+                self.started.append(svc)
+        self.say(svc.name, what)
+
+    def _up_slurm(self) -> None:
+        t0 = time.monotonic()
+        installed = packages.ensure_installed(self.s.log / "apt.log")
+        if installed:
+            self.say("apt", f"installed {' '.join(installed)} in {time.monotonic() - t0:.1f}s")
+        slurm.prepare_config(self.s)
+        with ThreadPoolExecutor(2) as pool:  # munge and MariaDB do not depend on each other
+            for fut in [pool.submit(self._ensure, self.slurm[n]) for n in ("munge", "mariadb")]:
+                fut.result()
+        for name in ("slurmdbd", "slurmctld", "slurmd"):
+            self._ensure(self.slurm[name])
+        if any(svc.group == "slurm" for svc in self.started):
+            took = self.slurm["slurmd"].smoke_test()
+            self.say("slurm", f"srun smoke test + sacct ok in {took:.1f}s")
+
+    def up(self, groups: list[str]) -> int:
+        for d in (self.s.run, self.s.log, self.s.runtime):
+            d.mkdir(parents=True, exist_ok=True)
+        jobs = {g: (self._up_slurm if g == "slurm" else (lambda g=g: self._ensure(self.other[g])))
+                for g in groups}
+        errors: dict[str, BaseException] = {}
+        with ThreadPoolExecutor(len(jobs) or 1) as pool:
+            futures = {g: pool.submit(fn) for g, fn in jobs.items()}
+            for g, fut in futures.items():
+                try:
+                    fut.result()
+                except Exception as exc:  # reported below, with the service's log tail
+                    errors[g] = exc
+        if errors:
+            for g, exc in errors.items():
+                print(f"\nstack: {g} FAILED: {exc}", file=sys.stderr)
+            if os.environ.get("MAECTL_STACK_KEEP_ON_FAILURE") != "1" and self.started:
+                names = ", ".join(svc.name for svc in self.started)
+                print(f"stack: stopping what this run started ({names}); "
+                      f"MAECTL_STACK_KEEP_ON_FAILURE=1 keeps it for debugging", file=sys.stderr)
+                self._stop(list(reversed(self.started)))
+            self.write_env()
+            return 1
+        running = self.write_env()
+        self.say("stack", f"up: {' '.join(running)} — `source {self._rel(self.s.env_file)}`")
+        return 0
+
+    # -- down ------------------------------------------------------------------------------
+    def _stop(self, svcs: list[Service]) -> None:
+        for svc in svcs:
+            self.say(svc.name, svc.stop())
+
+    def _cancel_slurm_jobs(self) -> None:
+        """Jobs' processes belong to slurmstepd, not to our daemons: end them first."""
+        if not self.slurm["slurmctld"].healthy():
+            return
+        env = slurm.slurm_env(self.s)
+        ids = slurm._run(["squeue", "-h", "-o", "%i"], env=env).stdout.split()
+        if not ids:
+            return
+        slurm._run(["scancel", *ids], env=env)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and slurm._run(["squeue", "-h", "-o", "%i"], env=env).stdout.split():
+            time.sleep(0.5)
+        self.say("slurm", f"cancelled {len(ids)} job(s)")
+
+    def down(self, groups: list[str]) -> int:
+        def down_slurm() -> None:
+            self._cancel_slurm_jobs()
+            self._stop([self.slurm[n] for n in ("slurmd", "slurmctld", "slurmdbd")])
+            self._stop([self.slurm[n] for n in ("mariadb", "munge")])
+
+        jobs = [down_slurm if g == "slurm" else (lambda g=g: self._stop([self.other[g]])) for g in groups]
+        with ThreadPoolExecutor(len(jobs) or 1) as pool:
+            for fut in [pool.submit(fn) for fn in jobs]:
+                fut.result()
+        running = self.write_env()
+        self.say("stack", "down" + (f" (still up: {' '.join(running)})" if running else ""))
+        return 0
+
+    # -- status / env ----------------------------------------------------------------------
+    def running_groups(self) -> list[str]:
+        up = []
+        for g in cfg.GROUPS:
+            members = self.slurm.values() if g == "slurm" else [self.other[g]]
+            if all(svc.state()[0] in ("healthy", "external") for svc in members):
+                up.append(g)
+        return up
+
+    def write_env(self) -> list[str]:
+        running = self.running_groups()
+        lines = ["# Generated by `infra/stack.sh up`: clients of the development stack.",
+                 f"# Services up when written: {' '.join(running) or 'none'}"]
+        for key, value in cfg.client_env(self.s, set(running)).items():
+            lines.append(f"export {key}={shlex.quote(value)}")
+        self.s.env_file.parent.mkdir(parents=True, exist_ok=True)
+        self.s.env_file.write_text("\n".join(lines) + "\n")
+        return running
+
+    def status(self, groups: list[str]) -> int:
+        rows = [("SERVICE", "STATE", "PID", "ENDPOINT / PORTS", "LOG")]
+        bad = 0
+        for svc in self.all.values():
+            if svc.group not in groups:
+                continue
+            state, pid = svc.state()
+            bad += state not in ("healthy", "external")
+            where = svc.endpoint() or " ".join(str(p) for p in svc.ports().values()) or "-"
+            rows.append((svc.name, state, str(pid or "-"), where, self._rel(svc.daemon.logfile)))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        live = [str(p) for p in Leases(self.s).live()]
+        print(f"env file: {self._rel(self.s.env_file)}; sessions holding the stack: {' '.join(live) or 'none'}")
+        return 1 if bad else 0
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(Path(os.environ.get("MAECTL_STACK_CWD") or Path.cwd())))
+        except ValueError:
+            return str(path)
+
+
+class Leases:
+    """Who is using the stack: `up` records the calling shell (infra/dev.sh, a terminal);
+    `down` from one user leaves it up while another live user still holds it."""
+
+    def __init__(self, s: cfg.Settings):
+        self.dir = s.run / "leases"
+
+    def add(self, pid: int) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / str(pid)).write_text(json.dumps({"pid": pid, "started": start_time(pid)}))
+
+    def remove(self, pid: int) -> None:
+        (self.dir / str(pid)).unlink(missing_ok=True)
+
+    def live(self) -> list[int]:
+        found = []
+        for f in sorted(self.dir.glob("*")) if self.dir.is_dir() else []:
+            try:
+                rec = json.loads(f.read_text())
+                if is_alive(int(rec["pid"]), rec["started"]):
+                    found.append(int(rec["pid"]))
+                    continue
+            except (ValueError, KeyError, TypeError):
+                pass
+            f.unlink(missing_ok=True)
+        return found
+
+
+@contextmanager
+def locked(s: cfg.Settings):
+    """One up/down at a time per state folder."""
+    s.state.mkdir(parents=True, exist_ok=True)
+    with open(s.state / "stack.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("stack: waiting for another infra/stack.sh up/down to finish...", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def parse_groups(names: list[str]) -> list[str]:
+    if not names:
+        names = os.environ.get("MAECTL_STACK_SERVICES", "").replace(",", " ").split() or list(cfg.GROUPS)
+    unknown = [n for n in names if n not in cfg.GROUPS]
+    if unknown:
+        raise SystemExit(f"stack: unknown service(s) {' '.join(unknown)}; choose from {' '.join(cfg.GROUPS)}")
+    return [g for g in cfg.GROUPS if g in names]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="infra/stack.sh", description=__doc__)
+    ap.add_argument("command", choices=("up", "down", "status", "clean", "env"))
+    ap.add_argument("services", nargs="*", help=f"any of {' '.join(cfg.GROUPS)} (default: all, "
+                                                 f"or $MAECTL_STACK_SERVICES)")
+    ap.add_argument("--force", action="store_true",
+                    help="down: stop even while other sessions hold the stack")
+    args = ap.parse_args(argv)
+    s = cfg.load(ROOT)
+    groups = parse_groups(args.services)
+    stack = Stack(s)
+    caller = int(os.environ.get("MAECTL_STACK_CALLER") or os.getppid())
+    leases = Leases(s)
+
+    if args.command == "status":
+        return stack.status(groups)
+    if args.command == "env":
+        print(s.env_file.read_text() if s.env_file.exists() else "", end="")
+        return 0
+    with locked(s):
+        if args.command == "up":
+            rc = stack.up(groups)
+            if rc == 0:
+                leases.add(caller)
+            return rc
+        leases.remove(caller)
+        others = [p for p in leases.live() if p != caller]
+        if others and not args.force:
+            print(f"stack: still held by other session(s) (pid {' '.join(map(str, others))}); "
+                  f"leaving it up. `infra/stack.sh down --force` stops it anyway.")
+            return 0
+        rc = stack.down(groups)
+        if args.command == "clean":
+            shutil.rmtree(s.runtime, ignore_errors=True)
+            for sub in ("run", "log", "slurm", "mariadb", "mlflow", "env.sh"):
+                path = s.state / sub
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            print(f"stack: removed state under {s.state} and {s.runtime}")
+        return rc
