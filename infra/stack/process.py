@@ -115,31 +115,42 @@ class Daemon:
         return proc.pid
 
     def stop(self, timeout: float = 15.0) -> str:
-        """SIGTERM our process group (and recorded descendants), wait, then SIGKILL the rest.
+        """SIGTERM our process, then its group and descendants, then SIGKILL what is left.
 
-        Only the PID in our PID file, its process group and its descendants are signalled.
+        The main process is asked first, alone: `ray start --block` drains its node and stops
+        its children itself, which hangs if they are signalled at the same moment. Only the
+        PID in our PID file, its process group and its descendants are ever signalled.
         """
         rec = self.running()
         if rec is None:
             self.pidfile.unlink(missing_ok=True)
             return "not running"
         family = [(rec.pid, rec.started), *descendants(rec.pid)]
-        _signal_group(rec.pid, signal.SIGTERM)
+
+        def wait(seconds: float, members: list[tuple[int, int]]) -> bool:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if not any(is_alive(p, s) for p, s in members):
+                    return True
+                time.sleep(0.1)
+            return False
+
+        t0 = time.monotonic()
+        _signal(rec.pid, signal.SIGTERM)
+        wait(timeout, family[:1])
+        _signal_group(rec.pid, signal.SIGTERM)  # children its exit left behind (mlflow's uvicorn)
         for pid, started in family[1:]:
             if is_alive(pid, started):
                 _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not any(is_alive(p, s) for p, s in family):
-                self.pidfile.unlink(missing_ok=True)
-                return "stopped"
-            time.sleep(0.1)
+        if wait(max(2.0, timeout - (time.monotonic() - t0)), family):
+            self.pidfile.unlink(missing_ok=True)
+            return f"stopped in {time.monotonic() - t0:.1f}s"
         _signal_group(rec.pid, signal.SIGKILL)
         for pid, started in family:
             if is_alive(pid, started):
                 _signal(pid, signal.SIGKILL)
         self.pidfile.unlink(missing_ok=True)
-        return f"killed after {timeout:.0f}s"
+        return f"killed after {time.monotonic() - t0:.0f}s (did not stop on SIGTERM)"
 
     def tail(self, lines: int = 25) -> str:
         return tail(self.logfile, lines)
