@@ -103,6 +103,15 @@ def test_daemon_stops_its_own_process_tree_and_nothing_else(stack_pkg, tmp_path)
         bystander.wait()
 
 
+def test_a_service_that_dies_fails_fast_with_its_log(stack_pkg, tmp_path):
+    d = stack_pkg.process.Daemon("crasher", tmp_path / "run", tmp_path / "log")
+    d.spawn(["/bin/sh", "-c", "echo boom: bad config >&2; exit 3"], env={"PATH": "/usr/bin:/bin"}, cwd=tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(stack_pkg.process.StackError, match="(?s)crasher exited before.*boom: bad config"):
+        stack_pkg.process.wait_healthy(d, lambda: False, timeout=30)
+    assert time.monotonic() - t0 < 5
+
+
 def test_leases_ignore_dead_sessions(stack_pkg, settings):
     leases = stack_pkg.cli.Leases(settings)
     gone = subprocess.Popen(["true"])

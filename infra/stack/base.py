@@ -89,7 +89,7 @@ class Service:
             return "already running outside the stack; using it"
         else:
             note = ""
-        self._check_ports_free()
+        self.check_ports_free()
         self.prepare()
         t0 = time.monotonic()
         pid = self.daemon.spawn(self.argv(), env=self.env(), cwd=self.cwd(),
@@ -101,7 +101,7 @@ class Service:
     def stop(self) -> str:
         return self.daemon.stop(self.stop_timeout)
 
-    def _check_ports_free(self) -> None:
+    def check_ports_free(self) -> None:
         for label, port in self.ports().items():
             if port_open(port):
                 raise StackError(

@@ -71,6 +71,10 @@ class Stack:
     def up(self, groups: list[str]) -> int:
         for d in (self.s.run, self.s.log, self.s.runtime):
             d.mkdir(parents=True, exist_ok=True)
+        taken = self._ports_taken(groups)
+        if taken:
+            print("\n".join(f"stack: {msg}" for msg in taken), file=sys.stderr)
+            return 1
         jobs = {g: (self._up_slurm if g == "slurm" else (lambda g=g: self._ensure(self.other[g])))
                 for g in groups}
         errors: dict[str, BaseException] = {}
@@ -94,6 +98,17 @@ class Stack:
         running = self.write_env()
         self.say("stack", f"up: {' '.join(running)} — `source {self._rel(self.s.env_file)}`")
         return 0
+
+    def _ports_taken(self, groups: list[str]) -> list[str]:
+        """Fail before starting anything when a port we need is held by someone else."""
+        problems = []
+        for svc in self.all.values():
+            if svc.group in groups and svc.daemon.running() is None:
+                try:
+                    svc.check_ports_free()
+                except StackError as exc:
+                    problems.append(str(exc))
+        return problems
 
     # -- down ------------------------------------------------------------------------------
     def _stop(self, svcs: list[Service]) -> None:
