@@ -17,8 +17,9 @@ main() {
         echo "stack: no Python at $py — run infra/dev.sh setup first (or set MAECTL_VENV)" >&2
         exit 2
     fi
-    # The caller (infra/dev.sh, a terminal) holds the stack until its own `down`.
-    export MAECTL_STACK_CALLER="${MAECTL_STACK_CALLER:-$PPID}"
+    # The caller (infra/dev.sh, a terminal) holds the stack until its own `down`. When bash
+    # exec'd this script in place of the caller (last command of `bash -c`), $$ is the caller.
+    export MAECTL_STACK_CALLER="$PPID" MAECTL_STACK_SELF="$$"
     export MAECTL_STACK_CWD="$PWD"   # paths in messages are shown relative to it
     cd "$ROOT/infra"
     exec "$py" -m stack "$@"

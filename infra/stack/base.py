@@ -34,7 +34,8 @@ class Service:
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
-        env.pop("RAY_ADDRESS", None)  # a client setting; must not leak into our daemons
+        for key in ("RAY_ADDRESS", "MAECTL_STACK_CALLER", "MAECTL_STACK_SELF", "MAECTL_STACK_CWD"):
+            env.pop(key, None)  # client / launcher settings; must not leak into our daemons
         env["PATH"] = f"{self.s.venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}"
         return env
 

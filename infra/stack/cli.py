@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     groups = parse_groups(args.services)
     stack = Stack(s)
     caller = int(os.environ.get("MAECTL_STACK_CALLER") or os.getppid())
+    me = {caller, int(os.environ.get("MAECTL_STACK_SELF") or os.getpid())}
     leases = Leases(s)
 
     if args.command == "status":
@@ -261,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             if rc == 0:
                 leases.add(caller)
             return rc
-        leases.remove(caller)
-        others = [p for p in leases.live() if p != caller]
+        for pid in me:
+            leases.remove(pid)
+        others = [p for p in leases.live() if p not in me]
         if others and not args.force:
             print(f"stack: still held by other session(s) (pid {' '.join(map(str, others))}); "
                   f"leaving it up. `infra/stack.sh down --force` stops it anyway.")

@@ -108,7 +108,7 @@ def load(root: Path) -> Settings:
 
 def client_env(s: Settings, running: set[str]) -> dict[str, str]:
     """Variables for clients of the groups in `running` (what env.sh exports)."""
-    env: dict[str, str] = {"MAECTL_STACK_STATE": str(s.state)}
+    env: dict[str, str] = {"MAECTL_STACK_LOG_DIR": str(s.log)}
     if "s3" in running:
         endpoint = f"http://127.0.0.1:{s.ports['s3']}"
         env.update(
