@@ -1,0 +1,94 @@
+"""`DataConfig`: everything the data pipeline needs, owned by the data component."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where the shards are and how to turn them into batches (per rank).
+
+    `url` is the dataset root holding `{split}-NNNNNN.tar` shards and `{split}.manifest.json`:
+    a local folder, `file://...`, or `s3://bucket/prefix` (a brace pattern of shard names selects a
+    subset). Lists from YAML are accepted wherever a tuple is expected.
+    """
+
+    url: str
+    img_size: int = 224
+    batch_size: int = 64  # per rank
+    num_workers: int = 8
+    shuffle_buffer: int = 1000  # samples held per worker for the sample shuffle; 0 or 1: no shuffle
+    crop_scale: tuple[float, float] = (0.2, 1.0)  # pretraining RandomResizedCrop area range
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # Fine-tuning and linear probing use the supervised recipe's wider crop range.
+    supervised_crop_scale: tuple[float, float] = (0.08, 1.0)
+    # Fine-tuning: RandAugment with num_ops ops at `randaug_magnitude` (of 31 bins), the magnitude
+    # jittered per image with this std (timm's "rand-m9-mstd0.5"), then random erasing.
+    randaug_num_ops: int = 2
+    randaug_magnitude: int = 9
+    randaug_magnitude_std: float = 0.5
+    random_erasing: float = 0.25
+    eval_crop_ratio: float = 0.875  # eval: resize the short side to img_size / ratio, centre crop
+    draft: bool = True  # decode JPEGs at 1/2, 1/4, 1/8 scale when the crop is that much larger
+    shard_retries: int = 3  # re-opens of a shard that fails to read, before giving up
+    retry_delay_s: float = 1.0
+    pin_memory: bool = False
+    prefetch_factor: int = 2
+    s3_endpoint_url: str | None = None  # S3-compatible endpoint; otherwise the AWS env / config
+
+    def __post_init__(self) -> None:
+        self.crop_scale = _pair("crop_scale", self.crop_scale, low=0.0, high=1.0)
+        self.supervised_crop_scale = _pair("supervised_crop_scale", self.supervised_crop_scale, low=0.0, high=1.0)
+        self.crop_ratio = _pair("crop_ratio", self.crop_ratio, low=0.0, high=float("inf"))
+        self.mean = _triple("mean", self.mean)
+        self.std = _triple("std", self.std)
+        if not isinstance(self.url, str) or not self.url.strip():
+            raise ValueError("DataConfig.url must name the dataset root (a folder, file:// or s3:// URL)")
+        _check(self.img_size >= 1, "img_size", self.img_size, "must be a positive number of pixels")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1 (images per rank)")
+        _check(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
+        _check(self.shuffle_buffer >= 0, "shuffle_buffer", self.shuffle_buffer, "must be >= 0")
+        _check(min(self.std) > 0, "std", self.std, "must be positive")
+        _check(0 < self.eval_crop_ratio <= 1, "eval_crop_ratio", self.eval_crop_ratio, "must be in (0, 1]")
+        _check(self.randaug_num_ops >= 0, "randaug_num_ops", self.randaug_num_ops, "must be >= 0")
+        _check(0 <= self.randaug_magnitude <= 30, "randaug_magnitude", self.randaug_magnitude, "must be in 0..30")
+        _check(self.randaug_magnitude_std >= 0, "randaug_magnitude_std", self.randaug_magnitude_std, "must be >= 0")
+        _check(0 <= self.random_erasing <= 1, "random_erasing", self.random_erasing, "is a probability in [0, 1]")
+        _check(self.shard_retries >= 0, "shard_retries", self.shard_retries, "must be >= 0")
+        _check(self.retry_delay_s >= 0, "retry_delay_s", self.retry_delay_s, "must be >= 0")
+        _check(self.prefetch_factor >= 1, "prefetch_factor", self.prefetch_factor, "must be >= 1")
+
+    @property
+    def storage_options(self) -> dict:
+        """fsspec options for `url`: only the endpoint; credentials come from the AWS environment."""
+        return {"endpoint_url": self.s3_endpoint_url} if self.s3_endpoint_url else {}
+
+
+def _check(ok: bool, name: str, value, why: str) -> None:
+    if not ok:
+        raise ValueError(f"DataConfig.{name} {why}, got {value!r}")
+
+
+def _pair(name: str, value, *, low: float, high: float) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"DataConfig.{name} must be a pair (min, max), got {value!r}") from None
+    _check(low < a <= b <= high, name, value, f"must satisfy {low} < min <= max <= {high}")
+    return (a, b)
+
+
+def _triple(name: str, value) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        values = ()
+    _check(len(values) == 3, name, value, "must hold 3 numbers, one per RGB channel")
+    return values  # type: ignore[return-value]

@@ -1,0 +1,125 @@
+"""`verify_split`: read every shard back and check it against the manifest, sample by sample."""
+
+from __future__ import annotations
+
+import hashlib
+import io as _io
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from PIL import Image
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from . import io
+from .manifest import Manifest, ShardInfo, read_manifest
+from .reader import BadSample, image_bytes, parse_label
+
+
+@dataclass
+class ShardCheck:
+    name: str
+    samples: int = 0
+    problems: list[str] = field(default_factory=list)  # shard-level: unreadable, size, checksum, count
+    bad_samples: list[str] = field(default_factory=list)  # "shard key: reason"
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.bad_samples
+
+
+@dataclass
+class VerifyReport:
+    split: str
+    shards: list[ShardCheck]
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.shards)
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+
+def read_shard_samples(data: bytes, url: str) -> list[dict]:
+    """All samples of a shard held in memory; raises if the tar is damaged."""
+    return list(group_by_keys(tar_file_expander([{"url": url, "stream": _io.BytesIO(data)}])))
+
+
+def check_sample(sample: dict, num_classes: int) -> str | None:
+    """Why the sample cannot be trained on, or None."""
+    try:
+        parse_label(sample, num_classes)
+        data = image_bytes(sample)
+    except BadSample as err:
+        return str(err)
+    try:
+        image = Image.open(_io.BytesIO(data))
+        image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))  # full entropy decode, small output
+        image.load()
+    except Exception as err:
+        return f"undecodable image ({type(err).__name__}: {err})"
+    return None
+
+
+def verify_shard(url: str, shard: ShardInfo, num_classes: int, storage_options: dict | None = None) -> ShardCheck:
+    check = ShardCheck(shard.name)
+    try:
+        data = io.read_bytes(url, storage_options)
+    except Exception as err:
+        check.problems.append(f"{url}: unreadable ({type(err).__name__}: {err})")
+        return check
+    if len(data) != shard.bytes:
+        check.problems.append(f"{url}: {len(data)} bytes, manifest says {shard.bytes}")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != shard.sha256:
+        check.problems.append(f"{url}: sha256 {digest[:12]}..., manifest says {shard.sha256[:12]}... (modified or corrupted)")
+    try:
+        samples = read_shard_samples(data, url)
+    except Exception as err:
+        check.problems.append(f"{url}: damaged tar ({type(err).__name__}: {err.args[0] if err.args else err})")
+        return check
+    check.samples = len(samples)
+    if len(samples) != shard.count:
+        check.problems.append(f"{url}: {len(samples)} samples, manifest says {shard.count}")
+    for sample in samples:
+        reason = check_sample(sample, num_classes)
+        if reason:
+            check.bad_samples.append(f"{shard.name} {sample['__key__']}: {reason}")
+    return check
+
+
+def verify_split(
+    root: str, split: str, *, storage_options: dict | None = None, workers: int = 1,
+    on_shard: Callable[[ShardCheck], None] | None = None,
+) -> VerifyReport:
+    manifest: Manifest = read_manifest(root, split, storage_options=storage_options)
+    args = [(manifest.shard_url(s), s, manifest.num_classes, storage_options) for s in manifest.shards]
+    checks: list[ShardCheck] = []
+    if workers > 1 and len(args) > 1:
+        with ProcessPoolExecutor(max_workers=min(workers, len(args))) as pool:
+            for check in pool.map(verify_shard, *zip(*args)):
+                checks.append(check)
+                if on_shard:
+                    on_shard(check)
+    else:
+        for a in args:
+            checks.append(verify_shard(*a))
+            if on_shard:
+                on_shard(checks[-1])
+    return VerifyReport(split, checks)
+
+
+def find_splits(root: str, storage_options: dict | None = None) -> list[str]:
+    """The splits that have a manifest under `root`."""
+    suffix = ".manifest.json"
+    if io.is_remote(root):
+        fs, path = io.filesystem(root, storage_options)
+        names = [p.rsplit("/", 1)[-1] for p in fs.glob(path.rstrip("/") + "/*" + suffix)]
+    else:
+        import os
+
+        local = io.local_path(root)
+        names = os.listdir(local) if os.path.isdir(local) else []
+    return sorted(n[: -len(suffix)] for n in names if n.endswith(suffix))
