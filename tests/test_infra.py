@@ -200,3 +200,30 @@ def test_ray_job_runs_to_succeeded_with_the_venv_python(ray_address):
     assert status == JobStatus.SUCCEEDED, logs
     assert "answer 42" in logs
     assert f"prefix {sys.prefix}" in logs  # entrypoints resolve `python` from the head's PATH
+
+
+# --- templates for real clusters ---------------------------------------------------------
+
+TEMPLATES = ROOT / "infra" / "templates"
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(TEMPLATES).as_posix() for p in TEMPLATES.rglob("*") if p.is_file()))
+def test_templates_say_they_are_templates_and_hold_no_secrets(path):
+    text = (TEMPLATES / path).read_text()
+    assert "TEMPLATE" in text[:600], f"{path}: first lines must mark it as a template"
+    assert "AKIA" not in text and "BEGIN PRIVATE KEY" not in text
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        assert isinstance(yaml.safe_load(text), dict)
+
+
+def test_slurm_site_template_uses_maectls_resource_keys():
+    import yaml
+
+    from orchestrator.resources import Resources
+
+    site = yaml.safe_load((TEMPLATES / "slurm" / "site.yaml").read_text())
+    resources = Resources(**site["resources"])
+    assert resources.gpus_per_node == 8 and resources.ranks_per_node == 8
+    assert site["backend"] == "slurm" and site["slurm"]["setup"]
