@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from typing import Any, Literal, Union
@@ -115,7 +116,10 @@ def from_dict(cls: type, data: dict, prefix: str = ""):
         message = str(err)[len(err.key) + 2 :] if err.key else str(err)
         raise ConfigError(_join(prefix, err.key) if err.key else prefix, message) from None
     except (ValueError, TypeError) as err:
-        raise ConfigError(prefix, str(err)) from err
+        # Component configs say "ClassName.field ..." in __post_init__: point at that key.
+        match = re.match(r"^\w+\.(\w+)\b", str(err))
+        key = _join(prefix, match.group(1)) if match and match.group(1) in fields else prefix
+        raise ConfigError(key, str(err)) from err
 
 
 def to_dict(obj) -> dict:

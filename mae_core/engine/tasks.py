@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data import IGNORE_LABEL
 from ..masking import make_noise
 from .config import RunConfig
 from .distributed import DistEnv
@@ -113,8 +114,9 @@ class PretrainTask(Task):
         was_training = self.model.training
         self.model.eval()
         for images, y in self._eval_loader(split, max_samples):
-            feats.append(self.model.extract_features(images.to(self.device), pool="cls").float().cpu())
-            labels.append(y)
+            keep = y != IGNORE_LABEL  # the loader pads eval batches with ignored labels
+            feats.append(self.model.extract_features(images[keep].to(self.device), pool="cls").float().cpu())
+            labels.append(y[keep])
         self.model.train(was_training)
         return torch.cat(feats), torch.cat(labels)
 
@@ -183,6 +185,10 @@ class ClassifierTask(Task):
         total = correct1 = correct5 = 0
         loss_sum = 0.0
         for images, labels in loader:
+            keep = labels != IGNORE_LABEL  # padding of the last batch
+            images, labels = images[keep], labels[keep]
+            if labels.numel() == 0:
+                continue
             logits = self.model(images.to(self.device)).float().cpu()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
