@@ -150,7 +150,7 @@ class _StreamReader:
 
     def _samples(self):
         urls = [self.manifest.shard_url(s) for s in self.shards]
-        samples = iter_shards(urls, storage_options=self.cfg.storage_options, retries=self.cfg.shard_retries, delay_s=self.cfg.retry_delay_s)
+        samples = iter_shards(urls, [s.count for s in self.shards], storage_options=self.cfg.storage_options, retries=self.cfg.shard_retries, delay_s=self.cfg.retry_delay_s)
         if self.training and self.cfg.shuffle_buffer > 1:
             rng = random.Random(derive_seed(self.seed, self.epoch, self.stream_id, SAMPLE_BUFFER))
             samples = wds.shuffle(self.cfg.shuffle_buffer, min(SHUFFLE_INITIAL, self.cfg.shuffle_buffer), rng=rng)(samples)

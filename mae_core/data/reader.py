@@ -17,12 +17,18 @@ log = logging.getLogger(__name__)
 READ_ERRORS = (OSError, tarfile.TarError, EOFError, ValueError)
 
 
-def iter_shard(url: str, *, storage_options: dict | None = None, retries: int = 3, delay_s: float = 1.0) -> Iterator[dict]:
+class ShortShard(EOFError):
+    """The tar ended before the manifest's sample count (tarfile takes a cut header for the end)."""
+
+
+def iter_shard(
+    url: str, *, expected: int | None = None, storage_options: dict | None = None, retries: int = 3, delay_s: float = 1.0
+) -> Iterator[dict]:
     """The samples of one shard as dicts {"__key__", "__url__", ext: bytes, ...}.
 
-    A read that fails (network, missing object, truncated tar) is retried from the start of the
-    shard, skipping the samples already delivered; after `retries` retries it raises ShardReadError
-    naming the URL."""
+    A read that fails (network, missing object, damaged tar, or fewer samples than `expected`) is
+    retried from the start of the shard, skipping the samples already delivered; after `retries`
+    retries it raises ShardReadError naming the URL."""
     delivered = 0
     for attempt in range(retries + 1):
         try:
@@ -32,6 +38,8 @@ def iter_shard(url: str, *, storage_options: dict | None = None, retries: int = 
                     if index >= delivered:
                         delivered += 1
                         yield sample
+            if expected is not None and delivered < expected:
+                raise ShortShard(f"ended after {delivered} of {expected} samples")
             return
         except READ_ERRORS as err:
             reason = f"{type(err).__name__}: {err.args[0] if err.args else err}"
@@ -41,9 +49,9 @@ def iter_shard(url: str, *, storage_options: dict | None = None, retries: int = 
             time.sleep(delay_s * (attempt + 1))
 
 
-def iter_shards(urls: list[str], **kw) -> Iterator[dict]:
-    for url in urls:
-        yield from iter_shard(url, **kw)
+def iter_shards(urls: list[str], counts: list[int] | None = None, **kw) -> Iterator[dict]:
+    for url, count in zip(urls, counts or [None] * len(urls)):
+        yield from iter_shard(url, expected=count, **kw)
 
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
