@@ -91,6 +91,10 @@ class Service:
         else:
             note = ""
         self.check_ports_free()
+        program = self.argv()[0]
+        if not os.access(program, os.X_OK):
+            raise StackError(f"{self.name}: {program} not found; run `infra/dev.sh setup` "
+                             f"(Python services) or let `up` install the Debian packages (slurm)")
         self.prepare()
         t0 = time.monotonic()
         pid = self.daemon.spawn(self.argv(), env=self.env(), cwd=self.cwd(),

@@ -120,12 +120,12 @@ class Stack:
         if not self.slurm["slurmctld"].healthy():
             return
         env = slurm.slurm_env(self.s)
-        ids = slurm._run(["squeue", "-h", "-o", "%i"], env=env).stdout.split()
+        ids = slurm.run_cmd(["squeue", "-h", "-o", "%i"], env=env).stdout.split()
         if not ids:
             return
-        slurm._run(["scancel", *ids], env=env)
+        slurm.run_cmd(["scancel", *ids], env=env)
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and slurm._run(["squeue", "-h", "-o", "%i"], env=env).stdout.split():
+        while time.monotonic() < deadline and slurm.run_cmd(["squeue", "-h", "-o", "%i"], env=env).stdout.split():
             time.sleep(0.5)
         self.say("slurm", f"cancelled {len(ids)} job(s)")
 

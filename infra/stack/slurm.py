@@ -14,13 +14,13 @@ from pathlib import Path
 
 from . import config as cfg
 from .base import Service
-from .process import StackError, command_ok, port_open
+from .process import StackError, command_ok, is_alive, port_open
 
 MUNGE_KEY = Path("/etc/munge/munge.key")
 MUNGE_RUN = Path("/run/munge")
 
 
-def _run(argv: list[str], env: dict[str, str] | None = None, timeout: float = 30.0,
+def run_cmd(argv: list[str], env: dict[str, str] | None = None, timeout: float = 30.0,
          input: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout, input=input)
 
@@ -45,7 +45,7 @@ def slurm_env(s: cfg.Settings) -> dict[str, str]:
 
 def real_memory_mb() -> int:
     """90% of what `slurmd -C` reports (SLURM drains a node that claims more than it has)."""
-    out = _run(["slurmd", "-C"]).stdout
+    out = run_cmd(["slurmd", "-C"]).stdout
     match = re.search(r"RealMemory=(\d+)", out)
     if not match:
         raise StackError(f"`slurmd -C` did not report RealMemory:\n{out}")
@@ -138,8 +138,8 @@ class Munge(Service):
 
     def check(self, config: dict) -> bool:
         try:
-            cred = _run(["munge", "-n"], timeout=5)
-            return cred.returncode == 0 and _run(["unmunge"], input=cred.stdout, timeout=5).returncode == 0
+            cred = run_cmd(["munge", "-n"], timeout=5)
+            return cred.returncode == 0 and run_cmd(["unmunge"], input=cred.stdout, timeout=5).returncode == 0
         except (OSError, subprocess.TimeoutExpired):
             return False
 
@@ -149,7 +149,7 @@ class Munge(Service):
     def prepare(self) -> None:
         munge = pwd.getpwnam("munge")
         if not MUNGE_KEY.exists():
-            done = _run(["mungekey", "--create", f"--keyfile={MUNGE_KEY}"])
+            done = run_cmd(["mungekey", "--create", f"--keyfile={MUNGE_KEY}"])
             if done.returncode != 0:
                 raise StackError(f"munge: could not create {MUNGE_KEY}: {done.stderr}")
         MUNGE_KEY.parent.chmod(0o700)
@@ -159,6 +159,14 @@ class Munge(Service):
         MUNGE_RUN.mkdir(mode=0o755, exist_ok=True)
         os.chown(MUNGE_RUN, munge.pw_uid, munge.pw_gid)
         # A munged that died uncleanly leaves its socket and PID file; it refuses to start then.
+        # Only clear them when the PID they name is gone (a live munged is not ours to break).
+        try:
+            other = int((MUNGE_RUN / "munged.pid").read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            other = None
+        if other is not None and is_alive(other):
+            raise StackError(f"munge: a munged (pid {other}) that this stack did not start is running "
+                             f"but does not answer `munge -n | unmunge`; stop or fix it first")
         for stale in ("munged.pid", "munge.socket.2", "munge.socket.2.lock"):
             (MUNGE_RUN / stale).unlink(missing_ok=True)
 
@@ -186,7 +194,7 @@ class MariaDB(Service):
                 "--innodb-log-file-size=64M", "--max-connections=50"]
 
     def _sql(self, statements: str) -> subprocess.CompletedProcess:
-        return _run(["mariadb", "--no-defaults", f"--socket={self.sock}", "-uroot", "--batch"],
+        return run_cmd(["mariadb", "--no-defaults", f"--socket={self.sock}", "-uroot", "--batch"],
                     input=statements)
 
     def check(self, config: dict) -> bool:
@@ -242,10 +250,10 @@ class SlurmDBD(Service):
     def finish(self) -> None:
         """Register the cluster, a `maectl` account and root in it (once)."""
         s, env = self.s, slurm_env(self.s)
-        clusters = _run(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"], env=env).stdout.split()
+        clusters = run_cmd(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"], env=env).stdout.split()
         if s.cluster not in clusters:
             self._sacctmgr(["add", "cluster", s.cluster])
-        assocs = _run(["sacctmgr", "-n", "-P", "list", "assoc", "format=cluster,account,user"],
+        assocs = run_cmd(["sacctmgr", "-n", "-P", "list", "assoc", "format=cluster,account,user"],
                       env=env).stdout.splitlines()
         if f"{s.cluster}|{s.account}|" not in assocs:
             self._sacctmgr(["add", "account", s.account, f"cluster={s.cluster}",
@@ -254,7 +262,7 @@ class SlurmDBD(Service):
             self._sacctmgr(["add", "user", "root", f"account={s.account}", f"cluster={s.cluster}"])
 
     def _sacctmgr(self, args: list[str]) -> None:
-        done = _run(["sacctmgr", "-i", *args], env=slurm_env(self.s))
+        done = run_cmd(["sacctmgr", "-i", *args], env=slurm_env(self.s))
         if done.returncode != 0 and "Nothing new added" not in done.stdout + done.stderr:
             raise StackError(f"sacctmgr {' '.join(args)} failed: {(done.stdout + done.stderr).strip()}")
 
@@ -275,7 +283,7 @@ class SlurmCtld(Service):
         return slurm_env(self.s)
 
     def check(self, config: dict) -> bool:
-        done = _run(["scontrol", "ping"], env=slurm_env(self.s), timeout=10)
+        done = run_cmd(["scontrol", "ping"], env=slurm_env(self.s), timeout=10)
         return "is UP" in done.stdout
 
     def prepare(self) -> None:
@@ -298,7 +306,7 @@ class SlurmD(Service):
         return slurm_env(self.s)
 
     def node_state(self) -> str:
-        out = _run(["sinfo", "-h", "-n", self.s.hostname, "-o", "%T"], env=slurm_env(self.s), timeout=10)
+        out = run_cmd(["sinfo", "-h", "-n", self.s.hostname, "-o", "%T"], env=slurm_env(self.s), timeout=10)
         return out.stdout.strip().lower()
 
     def check(self, config: dict) -> bool:
@@ -306,7 +314,7 @@ class SlurmD(Service):
         if state.startswith(("down", "drain")):
             # ReturnToService=2 brings back a node that registers; a stale DOWN from an earlier
             # unclean stop may need the nudge.
-            _run(["scontrol", "update", f"nodename={self.s.hostname}", "state=resume"], env=slurm_env(self.s))
+            run_cmd(["scontrol", "update", f"nodename={self.s.hostname}", "state=resume"], env=slurm_env(self.s))
             return False
         return state.rstrip("*~#!%$@^-") in ("idle", "mixed", "allocated", "completing")
 
@@ -318,7 +326,7 @@ class SlurmD(Service):
         t0 = time.monotonic()
         env = slurm_env(self.s)
         try:
-            done = _run(["srun", "-N1", "-n1", f"--partition={self.s.partition}", "--time=1",
+            done = run_cmd(["srun", "-N1", "-n1", f"--partition={self.s.partition}", "--time=1",
                          "--job-name=maectl-stack-smoke", "true"], env=env, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise StackError(f"slurm: `srun true` did not finish in {timeout:.0f}s; "
