@@ -1,0 +1,188 @@
+"""The local backend: the job runs on this machine, detached from the `maectl` that started it.
+
+One rank runs `python -m orchestrator.runner SPEC`; N ranks run it under torch.distributed.run
+(gloo on CPU, NCCL on GPUs). Either way the command runs under `supervise`, in its own process
+group (session), with its output in <job_dir>/output.log; `supervise` records the exit status in
+<job_dir>/exit.json. Cancel = SIGTERM to the group, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from ..experiments import ExperimentError
+from ..redact import scrub_text
+from .base import Backend, LaunchRequest, Status, Submitted, passed_environment, shell_quote, write_spec
+from .states import JobState
+
+LOG_FILE = "output.log"
+EXIT_FILE = "exit.json"
+CANCEL_GRACE_S = 20.0
+# What the runner's exit codes mean (mirrors mae_core.train).
+EXIT_MEANINGS = {0: "done", 2: "bad config or input", 3: "stopped on request after a checkpoint", 4: "non-finite loss", 143: "terminated (SIGTERM)"}
+
+
+def runner_command(spec_path: str, ranks: int) -> list[str]:
+    if ranks == 1:
+        return [sys.executable, "-m", "orchestrator.runner", spec_path]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", f"--nproc-per-node={ranks}",
+            "-m", "orchestrator.runner", spec_path]
+
+
+def _process_start_ticks(pid: int) -> int | None:
+    """Start time of `pid` in clock ticks since boot (Linux), None if it is gone or a zombie.
+    Stored beside the pid so that a recycled pid is never mistaken for the job."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def check(self, request: LaunchRequest) -> None:
+        res = request.resources
+        source = request.experiment.source_display
+        if res.nodes != 1:
+            raise ExperimentError(source, "resources.nodes", f"the local backend runs on one machine, got {res.nodes} (override resources.nodes=1)")
+        if res.gpus_per_node:
+            import torch
+
+            available = torch.cuda.device_count()
+            if res.gpus_per_node > available:
+                raise ExperimentError(source, "resources.gpus_per_node", f"asks for {res.gpus_per_node} GPUs, this machine has {available} "
+                                                                          f"(override resources.gpus_per_node={available})")
+
+    def _environment(self, request: LaunchRequest) -> dict[str, str]:
+        env = {"PYTHONUNBUFFERED": "1", "MAECTL_JOB": request.handle}
+        if request.resources.cpus_per_task:
+            env["OMP_NUM_THREADS"] = str(request.resources.cpus_per_task)
+        return {**env, **request.env}
+
+    def _command(self, request: LaunchRequest) -> list[str]:
+        return [sys.executable, "-m", "orchestrator.backends.supervise", str(request.job_dir / EXIT_FILE), "--",
+                *runner_command(str(request.spec_path), request.resources.ranks_per_node)]
+
+    def dry_run(self, request: LaunchRequest) -> str:
+        from .base import dump_spec
+
+        lines = [
+            f"# local backend: {request.resources.ranks_per_node} rank(s) on this machine, detached",
+            f"# writes {request.spec_path} (below), then runs in {os.getcwd()}:",
+            "env \\",
+            *(f"  {k}={shell_quote(v)} \\" for k, v in passed_environment(self._environment(request)).items()),
+            "  " + " ".join(shell_quote(w) for w in self._command(request)),
+            f"# output: {request.job_dir / LOG_FILE}",
+            f"# --- {request.spec_path} ---",
+            scrub_text(dump_spec(request.spec)).rstrip(),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def submit(self, request: LaunchRequest) -> Submitted:
+        write_spec(request.spec_path, request.spec)
+        log_path = request.job_dir / LOG_FILE
+        (request.job_dir / EXIT_FILE).unlink(missing_ok=True)
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                self._command(request), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **self._environment(request)}, start_new_session=True,
+            )
+        info = {"pid": process.pid, "start_ticks": _process_start_ticks(process.pid)}
+        return Submitted(native_id=str(process.pid), log_path=str(log_path), info=info, state=JobState.RUNNING)
+
+    # -- status ----------------------------------------------------------------------------------
+    def _alive(self, record) -> bool:
+        pid, ticks = record.info.get("pid"), record.info.get("start_ticks")
+        if not pid:
+            return False
+        now = _process_start_ticks(pid)
+        return now is not None and (ticks is None or now == ticks)
+
+    def status(self, record) -> Status:
+        exit_file = Path(record.job_dir) / EXIT_FILE
+        if exit_file.exists():
+            code = json.loads(exit_file.read_text())["returncode"]
+            code = 128 - code if code < 0 else code
+            if code == 0:
+                return Status(JobState.COMPLETED, 0, "done")
+            state = JobState.CANCELLED if record.cancel_requested else JobState.FAILED
+            return Status(state, code, EXIT_MEANINGS.get(code, f"exit code {code}"))
+        if self._alive(record):
+            return Status(JobState.RUNNING)
+        if record.cancel_requested:
+            return Status(JobState.CANCELLED, None, "killed")
+        return Status(JobState.FAILED, None, "the job's processes ended without recording an exit status (killed?)")
+
+    # -- logs ------------------------------------------------------------------------------------
+    def logs(self, record, follow: bool = False) -> Iterator[str]:
+        path = Path(record.log_path or Path(record.job_dir) / LOG_FILE)
+        while follow and not path.exists() and self.status(record).state == JobState.RUNNING:
+            time.sleep(0.2)
+        if not path.exists():
+            return
+        with open(path, errors="replace") as f:
+            pending = ""
+            while True:
+                chunk = f.readline()
+                if chunk:
+                    pending += chunk
+                    if pending.endswith("\n"):
+                        yield scrub_text(pending)
+                        pending = ""
+                    continue
+                if not follow or self.status(record).state != JobState.RUNNING:
+                    # One more read: the job may have written its last lines as it ended.
+                    rest = pending + f.read()
+                    if rest:
+                        yield scrub_text(rest if rest.endswith("\n") else rest + "\n")
+                    return
+                time.sleep(0.25)
+
+    # -- cancel ----------------------------------------------------------------------------------
+    def cancel(self, record) -> None:
+        if not self._alive(record):
+            return
+        pgid = record.info["pid"]  # start_new_session: the supervisor leads its own group
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        while time.monotonic() < deadline:
+            if not self._group_alive(pgid):
+                return
+            time.sleep(0.2)
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    @staticmethod
+    def _group_alive(pgid: int) -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        # Zombies still count for killpg(0); look for a member that is really running.
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+        return False

@@ -1,0 +1,426 @@
+"""Experiment files: find them, merge their `extends:` chain and command-line overrides, and
+validate the result strictly into a `ResolvedExperiment` before anything is submitted.
+
+An experiment file holds the engine's run sections at the top level (task, model, data, optim,
+train, checkpoint, monitor, finetune, output_dir), so that an override `train.epochs=10`
+addresses them directly, plus maectl's own sections:
+
+    extends: base/pretrain.yaml        # or a list; paths relative to this file, or job names
+    description: one line for `maectl list`
+    backend: local | slurm | ray       # default for `maectl submit`
+    global_batch: 4096                 # the recipe's effective batch; accum_iter is derived
+    resources: {nodes, gpus_per_node, cpus_per_task, mem_gb, time_limit_min, partition, ...}
+    tracking: {uri, experiment, enabled}
+
+Strings may use ${output_root}, ${experiment} and ${handle}. `data.url: builtin:demo` names
+the generated demo dataset under the output root. Every error names the file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+import yaml
+
+from mae_core.structured import ConfigError, from_dict, to_dict
+
+from . import locations
+from .errors import UsageError
+from .resources import Resources
+
+HANDLE_PLACEHOLDER = "<handle>"
+BUILTIN_DEMO_DATA = "builtin:demo"
+BASE_FOLDER = "base"  # files under a folder of this name are shared defaults, not experiments
+_RUN_SECTIONS = ("task", "output_dir", "model", "data", "optim", "train", "checkpoint", "monitor", "finetune")
+DEFAULT_OUTPUT_DIR = "${output_root}/${experiment}/${handle}"
+
+
+class ExperimentError(UsageError):
+    """A problem with an experiment file, located by file and dotted key."""
+
+    def __init__(self, file: str, key: str, message: str, note: str = ""):
+        self.file, self.key = file, key
+        text = f"{file}: {key}: {message}" if key else f"{file}: {message}"
+        super().__init__(text + (f" ({note})" if note else ""))
+
+
+@dataclass(kw_only=True)
+class TrackingConfig:
+    enabled: bool = True
+    uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///<output_root>/mlflow.db
+    experiment: str | None = None  # MLflow experiment; default: the experiment file's name
+
+
+@dataclass(kw_only=True)
+class ExperimentSpec:
+    """maectl's own sections of an experiment file."""
+
+    description: str = ""
+    backend: Literal["local", "slurm", "ray"] = "local"
+    global_batch: int | None = None
+    resources: Resources = field(default_factory=Resources)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        if self.global_batch is not None and self.global_batch < 1:
+            raise ConfigError("global_batch", f"must be >= 1, got {self.global_batch}")
+
+
+_SPEC_SECTIONS = tuple(f.name for f in dataclasses.fields(ExperimentSpec))
+TOP_LEVEL_KEYS = ("extends", *_SPEC_SECTIONS, *_RUN_SECTIONS)
+
+
+# -- finding files ------------------------------------------------------------------------------
+def _display(path: Path) -> str:
+    """A path as the user should read it: relative to the working directory when inside it."""
+    try:
+        return os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
+    except ValueError:
+        return str(path)
+
+
+def _yaml_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+def _is_base(path: Path, root: Path) -> bool:
+    return BASE_FOLDER in path.relative_to(root).parts[:-1]
+
+
+def find_experiments() -> dict[str, Path]:
+    """Experiment name (file stem) -> file, for every non-base file under the jobs folders.
+
+    The first folder on the search path wins, so MAECTL_JOBS_PATH can shadow a shipped recipe."""
+    found: dict[str, Path] = {}
+    for root in locations.jobs_dirs():
+        seen_here: dict[str, Path] = {}
+        for path in _yaml_files(root):
+            if _is_base(path, root):
+                continue
+            if path.stem in seen_here:
+                raise UsageError(f"two experiment files are named {path.stem!r}: {_display(seen_here[path.stem])} and {_display(path)}")
+            seen_here[path.stem] = path
+        for name, path in seen_here.items():
+            found.setdefault(name, path)
+    return dict(sorted(found.items()))
+
+
+def locate(name_or_path: str) -> tuple[str, Path]:
+    """(experiment name, file) for a job name or a path to a YAML file."""
+    candidate = Path(name_or_path).expanduser()
+    if candidate.suffix in (".yaml", ".yml") or os.sep in name_or_path:
+        if not candidate.is_file():
+            raise UsageError(f"{name_or_path}: no such experiment file")
+        return candidate.stem, candidate.absolute()
+    experiments = find_experiments()
+    if name_or_path in experiments:
+        return name_or_path, experiments[name_or_path]
+    close = difflib.get_close_matches(name_or_path, experiments, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "; `maectl list` shows them all"
+    raise UsageError(f"unknown experiment {name_or_path!r}{hint}")
+
+
+# -- loading and merging ------------------------------------------------------------------------
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error, not a silent overwrite."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 — a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"{_display(path)}{where}: invalid YAML: {getattr(err, 'problem', None) or err}") from None
+    except OSError as err:
+        raise UsageError(f"{_display(path)}: cannot read: {err.strerror}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{_display(path)}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    return data
+
+
+@dataclass
+class MergedTree:
+    """A merged config and, for each key path that some source set, which source set it last."""
+
+    data: dict = field(default_factory=dict)
+    origins: dict[tuple, str] = field(default_factory=dict)
+
+    def origin(self, dotted_key: str) -> str | None:
+        parts = tuple(p.split("[", 1)[0] for p in dotted_key.split(".") if p)
+        for n in range(len(parts), 0, -1):
+            if parts[:n] in self.origins:
+                return self.origins[parts[:n]]
+        return None
+
+
+def _merge(into: dict, source: dict, origins: dict, label, prefix: tuple = ()) -> None:
+    """Deep-merge `source` over `into`: mappings merge key by key, anything else replaces.
+    `label(path)` names the source of each key path set, for error messages."""
+    for key, value in source.items():
+        path = (*prefix, key)
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            origins.setdefault(path, label(path))
+            _merge(into[key], value, origins, label, path)
+            continue
+        into[key] = copy.deepcopy(value)
+        for stale in [p for p in origins if p[: len(path)] == path]:
+            del origins[stale]
+        origins[path] = label(path)
+        if isinstance(value, dict):
+            _merge(into[key], value, origins, label, path)
+
+
+def _resolve_extends(ref: Any, from_file: Path, key_origin: str) -> Path:
+    if not isinstance(ref, str) or not ref:
+        raise ExperimentError(key_origin, "extends", f"expected a file or job name (or a list of them), got {ref!r}")
+    names = [ref] if Path(ref).suffix in (".yaml", ".yml") else [f"{ref}.yaml", f"{ref}.yml"]
+    for folder in (from_file.parent, *locations.jobs_dirs()):
+        for name in names:
+            if (folder / name).is_file():
+                return (folder / name).resolve()
+    for root in locations.jobs_dirs():
+        matches = [p for p in _yaml_files(root) if p.stem == Path(ref).stem]
+        if len(matches) == 1:
+            return matches[0].resolve()
+    raise ExperimentError(key_origin, "extends", f"cannot find {ref!r} (looked beside the file and under the jobs folders)")
+
+
+def load_tree(path: Path, _stack: tuple[Path, ...] = ()) -> MergedTree:
+    """The file merged over its `extends:` chain (bases first, in list order)."""
+    path = path.resolve()
+    label = _display(path)
+    if path in _stack:
+        chain = " -> ".join(_display(p) for p in (*_stack, path))
+        raise ExperimentError(label, "extends", f"circular: {chain}")
+    own = read_yaml(path)
+    refs = own.pop("extends", None)
+    refs = [] if refs is None else refs if isinstance(refs, list) else [refs]
+    merged = MergedTree()
+    for ref in refs:
+        base = load_tree(_resolve_extends(ref, path, label), (*_stack, path))
+        _merge(merged.data, base.data, merged.origins, lambda p, b=base: b.origins.get(p, label))
+    _merge(merged.data, own, merged.origins, lambda p: label)
+    return merged
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item or item.startswith("="):
+        raise UsageError(f"override {item!r} is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if any(not p for p in parts):
+        raise UsageError(f"override {item!r}: empty part in key {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise UsageError(f"override {item!r}: value is not valid YAML ({getattr(err, 'problem', err)})") from None
+    return parts, value
+
+
+def apply_overrides(tree: MergedTree, overrides: list[str]) -> None:
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = tree.data
+        for i, part in enumerate(parts[:-1]):
+            if part not in node or node[part] is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                raise UsageError(f"override {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+        label = f"command line ({item.split('=', 1)[0]}=...)"
+        _merge(node, {parts[-1]: value}, tree.origins, lambda p, text=label: text, tuple(parts[:-1]))
+
+
+# -- validation ----------------------------------------------------------------------------------
+@dataclass
+class ResolvedExperiment:
+    name: str
+    source: Path
+    overrides: list[str]
+    spec: ExperimentSpec
+    run: Any  # mae_core.engine.RunConfig
+    handle: str
+    output_root: str
+    notes: list[str] = field(default_factory=list)  # derived values worth showing (accum_iter, ...)
+    locator: Any = None  # turns a key into an error naming the file that set it
+    train_images: int | None = None  # from the dataset manifest, when it was readable
+
+    @property
+    def uses_demo_data(self) -> bool:
+        return self.run.data.url == demo_data_location(self.output_root)
+
+    @property
+    def source_display(self) -> str:
+        return _display(self.source)
+
+    def resolved_tree(self) -> dict:
+        """Everything that will run: maectl's sections then the run sections, all defaults filled."""
+        return {"experiment": self.name, **to_dict(self.spec), **self.run.to_dict()}
+
+    @property
+    def tracking_experiment(self) -> str:
+        return self.spec.tracking.experiment or self.name
+
+
+def _substitute(tree, values: dict[str, str]):
+    if isinstance(tree, dict):
+        return {k: _substitute(v, values) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_substitute(v, values) for v in tree]
+    if isinstance(tree, str):
+        for name, value in values.items():
+            tree = tree.replace("${" + name + "}", value)
+        return tree
+    return tree
+
+
+def demo_data_location(output_root: str) -> str:
+    return f"{output_root.rstrip('/')}/datasets/demo"
+
+
+class _Locator:
+    """Turns a ConfigError's key into an ExperimentError naming the file that set it."""
+
+    def __init__(self, tree: MergedTree, source: Path):
+        self.tree, self.source = tree, _display(source)
+
+    def error(self, key: str, message: str) -> ExperimentError:
+        origin = self.tree.origin(key)
+        if origin is None:
+            return ExperimentError(self.source, key, message)
+        if origin.startswith("command line"):
+            return ExperimentError(self.source, key, message, f"set on the {origin}")
+        if origin != self.source:
+            return ExperimentError(origin, key, message, f"inherited by {self.source}")
+        return ExperimentError(origin, key, message)
+
+    def from_config_error(self, err: ConfigError, prefix: str = "") -> ExperimentError:
+        key = f"{prefix}.{err.key}" if prefix and err.key else (err.key or prefix)
+        message = str(err)[len(err.key) + 2 :] if err.key else str(err)
+        return self.error(key, message)
+
+
+def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: str | None = None,
+            make_handle: Callable[[str], str] | None = None, output_root: str | None = None,
+            check_data: bool = True) -> ResolvedExperiment:
+    """Find, merge, override and validate an experiment. Raises UsageError (exit 2) on any problem.
+
+    `backend` overrides the file's `backend:`; `make_handle(backend)` names the job (without it
+    the handle is a placeholder, for `show` and dry-runs)."""
+    overrides = list(overrides or [])
+    name, path = locate(name_or_path)
+    tree = load_tree(path)
+    apply_overrides(tree, overrides)
+    if backend is not None:
+        _merge(tree.data, {"backend": backend}, tree.origins, lambda p: "command line (--backend)")
+    where = _Locator(tree, path)
+    output_root = output_root or locations.output_root()
+
+    for key in tree.data:
+        if key not in TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
+            raise where.error(str(key), "unknown key" + (f"; did you mean {close[0]!r}?" if close else f" (sections: {', '.join(TOP_LEVEL_KEYS[1:])})"))
+    try:
+        spec = from_dict(ExperimentSpec, {k: v for k, v in tree.data.items() if k in _SPEC_SECTIONS})
+    except ConfigError as err:
+        raise where.from_config_error(err) from None
+
+    handle = make_handle(spec.backend) if make_handle else HANDLE_PLACEHOLDER
+    run_tree = {k: v for k, v in tree.data.items() if k in _RUN_SECTIONS}
+    run_tree.setdefault("output_dir", DEFAULT_OUTPUT_DIR)
+    data = run_tree.get("data")
+    if not isinstance(data, dict) or not data.get("url"):
+        raise where.error("data.url", "is required: where the dataset shards are (a folder, file:// or s3:// URL, or builtin:demo)")
+    if data.get("url") == BUILTIN_DEMO_DATA:
+        data["url"] = demo_data_location(output_root)
+    run_tree = _substitute(run_tree, {"output_root": output_root, "experiment": name, "handle": handle})
+
+    notes: list[str] = []
+    _derive_accumulation(spec, run_tree, where, notes)
+
+    from mae_core.engine.config import load_run_config  # imports torch: only once the cheap checks passed
+
+    try:
+        run = load_run_config(run_tree)
+    except ConfigError as err:
+        raise where.from_config_error(err) from None
+
+    if run.task in ("finetune", "linprobe") and not run.checkpoint.init_from:
+        raise where.error("checkpoint.init_from", f"a {run.task} job needs pretrained weights (a checkpoint path or URL)")
+    resolved = ResolvedExperiment(name, path, overrides, spec, run, handle, output_root, notes, where)
+    if check_data:
+        check_shards(resolved)
+    return resolved
+
+
+def _derive_accumulation(spec: ExperimentSpec, run_tree: dict, where: _Locator, notes: list[str]) -> None:
+    """global_batch = data.batch_size x ranks x train.accum_iter; accum_iter is derived unless given."""
+    if spec.global_batch is None:
+        return
+    per_rank = (run_tree.get("data") or {}).get("batch_size", 64)
+    if not isinstance(per_rank, int) or isinstance(per_rank, bool) or per_rank < 1:
+        return  # the engine's validation reports it with the right key
+    ranks = spec.resources.world_size
+    per_step = per_rank * ranks
+    train = run_tree.setdefault("train", {})
+    if not isinstance(train, dict):
+        return
+    explicit = train.get("accum_iter")
+    if spec.global_batch % per_step:
+        raise where.error("global_batch", f"{spec.global_batch} is not a multiple of data.batch_size x ranks = {per_rank} x {ranks} = {per_step}; "
+                                           f"change data.batch_size or resources so that it divides")
+    accum = spec.global_batch // per_step
+    if explicit is not None and explicit != accum:
+        raise where.error("train.accum_iter", f"is {explicit}, but global_batch {spec.global_batch} = {per_rank} per rank x {ranks} ranks x {accum}; "
+                                              f"remove train.accum_iter to derive it")
+    train["accum_iter"] = accum
+    notes.append(f"batch: {per_rank} per rank x {ranks} rank{'s' if ranks != 1 else ''} x accum_iter {accum} = global_batch {spec.global_batch}")
+
+
+def check_shards(resolved: ResolvedExperiment) -> None:
+    """Fewer training shards than ranks x loader workers leaves a reader idle and hangs DDP.
+    Checked when the manifest is readable now; a missing dataset is left to the pre-submit checks."""
+    run, spec, where, notes = resolved.run, resolved.spec, resolved.locator, resolved.notes
+    options = dict(run.data.storage_options)
+    if run.data.url.startswith("s3://"):
+        if not (options or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")):
+            return  # no S3 configured here: a lookup would only wait on timeouts
+        # `show` must answer quickly: one short attempt, not botocore's retries.
+        options["config_kwargs"] = {"connect_timeout": 3, "read_timeout": 5, "retries": {"max_attempts": 1}}
+    elif "://" in run.data.url and not run.data.url.startswith("file://"):
+        return
+    try:
+        from mae_core.data.manifest import read_manifest
+
+        manifest = read_manifest(run.data.url, "train", storage_options=options)
+    except Exception:  # noqa: BLE001 — unreadable now (not generated yet, no credentials here): not an error
+        return
+    readers = spec.resources.world_size * max(run.data.num_workers, 1)
+    shards = len(manifest.shards)
+    if shards < readers:
+        raise where.error("data.num_workers", f"{run.data.url} has {shards} training shards, fewer than ranks x workers = "
+                                              f"{spec.resources.world_size} x {max(run.data.num_workers, 1)} = {readers}; lower data.num_workers or resources")
+    resolved.train_images = manifest.num_samples
+    notes.append(f"data: {manifest.num_samples} training samples in {shards} shards, {manifest.num_classes} classes")

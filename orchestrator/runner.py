@@ -1,0 +1,132 @@
+"""The per-rank entry point that every backend launches:
+
+    python -m orchestrator.runner SPEC.yaml         (one rank; torchrun/SLURM/Ray start more)
+
+It reads the job spec written at submit time, builds the engine's RunConfig, and on rank 0 the
+metric sinks (MLflow + <output_dir>/metrics.jsonl); then calls mae_core.engine.train. Ranks come
+from the torch.distributed environment, which the launcher sets.
+
+Exit codes (as mae_core.train): 0 done, 2 bad config or input, 3 stopped on request after a
+checkpoint, 4 non-finite loss, 143 terminated (SIGTERM, e.g. `maectl cancel`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+
+import yaml
+
+from .redact import scrub_text
+
+class JobTerminated(BaseException):
+    """SIGTERM arrived. A BaseException so that no `except Exception` in a library swallows it."""
+
+
+def _on_sigterm(signum, _frame):
+    # Only once: a second SIGTERM (the group kill and a forwarded one) must not interrupt the
+    # cleanup that the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise JobTerminated()
+
+
+def _say(message: str) -> None:
+    print(f"[maectl] {scrub_text(message)}", flush=True)
+
+
+def load_spec(path: str) -> dict:
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def run_job(spec: dict) -> int:
+    """Run one rank of the job described by `spec`; returns the process exit code."""
+    from mae_core.engine import JsonlSink, NonFiniteLoss, Preempted, RunConfig, load_run_config, train
+    from mae_core.engine.checkpointing import CheckpointError
+    from mae_core.engine.distributed import env_from_environ
+    from mae_core.structured import ConfigError
+
+    env = env_from_environ()
+    try:
+        sections = {f.name for f in dataclasses.fields(RunConfig)}
+        cfg = load_run_config({k: v for k, v in spec["resolved"].items() if k in sections})
+    except ConfigError as err:
+        print(f"error: job spec: {err}", file=sys.stderr, flush=True)
+        return 2
+
+    jsonl = tracker = None
+    if env.is_main:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(cfg.output_dir)
+        fs.makedirs(path, exist_ok=True)
+        _say(f"job {spec['handle']}: {spec['experiment']} ({spec.get('source', '')}), {env.world_size} rank(s), output {cfg.output_dir}")
+        jsonl = JsonlSink(f"{cfg.output_dir.rstrip('/')}/metrics.jsonl")
+        if spec["tracking"]["enabled"]:
+            from .tracking import open_run
+
+            tracker = open_run(spec, cfg.output_dir)
+            _say(f"MLflow: experiment {spec['tracking']['experiment']!r}, run {tracker.run_id} at {spec['tracking']['uri']}")
+    sinks = [s for s in (tracker, jsonl) if s is not None]
+    sink = _Fanout(sinks) if sinks else None
+
+    outcome, code = "FAILED", 1
+    try:
+        summary = train(cfg, sink, env)
+        outcome, code = "FINISHED", 0
+        if env.is_main:
+            _say(f"done: {summary.epochs_completed} epochs, {summary.final_step} steps; last checkpoint {summary.last_checkpoint}")
+    except Preempted as err:
+        outcome, code = "KILLED", 3
+        _say(f"stopped: {err}")
+    except NonFiniteLoss as err:
+        code = 4
+        print(f"error: {err}", file=sys.stderr, flush=True)
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
+        code = 2
+        print(f"error: {scrub_text(str(err))}", file=sys.stderr, flush=True)
+    except JobTerminated:
+        outcome, code = "KILLED", 143
+        if env.is_main:
+            _say("terminated (SIGTERM): the run can be continued from its last checkpoint")
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+        if tracker is not None:
+            tracker.close(outcome)
+    return code
+
+
+class _Fanout:
+    """MultiSink without close(): the runner closes each sink itself, the tracker with an outcome."""
+
+    def __init__(self, sinks):
+        self.sinks = sinks
+
+    def log_metrics(self, metrics, step):
+        for s in self.sinks:
+            s.log_metrics(metrics, step)
+
+    def log_artifact(self, local_path, artifact_path=None):
+        for s in self.sinks:
+            s.log_artifact(local_path, artifact_path)
+
+    def close(self):
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m orchestrator.runner SPEC.yaml", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return run_job(load_spec(argv[0]))
+    except JobTerminated:
+        return 143
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""MLflow, and the only module of maectl that imports it. Used on rank 0 only.
+
+One MLflow experiment per experiment file, one run per submitted job. The run's id is kept in
+`<output_dir>/mlflow_run_id`, beside the checkpoints: a job that starts again on the same
+output folder (a requeue, a restart, a crash) resumes the checkpoint and continues the same run,
+its metrics continuing from the resumed step. Params are immutable in MLflow, so a restart logs
+only params the run does not have yet and reports changed ones in a tag.
+
+Metrics are buffered and sent with `log_batch` (one `log_metric` call costs ~25 ms against a
+server; a batch of 1000 costs ~125 ms). A tracking server that is down never stops training:
+the buffer is kept and sent at the next flush.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import sys
+import tempfile
+import time
+
+import fsspec
+
+# Usage telemetry would be network calls from every training job; opt in explicitly if wanted.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from .redact import REDACTED, is_secret_name, scrub_text, scrub_tree
+
+RUN_ID_FILE = "mlflow_run_id"
+MAX_PARAM_VALUE = 6000  # MLflow 3's limit on a param value's length
+_BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # per log_batch call
+_MAX_BUFFERED = 200_000  # metrics kept while the server is unreachable; older ones are dropped
+
+
+def flatten_params(tree: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config -> {"optim.betas": "[0.9, 0.95]", ...}, secrets redacted, values capped."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if is_secret_name(str(key)) and value is not None:
+            out[name] = REDACTED
+        elif isinstance(value, dict) and value:
+            out.update(flatten_params(value, f"{name}."))
+        else:
+            text = scrub_text(str(value) if not isinstance(value, (list, tuple)) else str(list(value)))
+            out[name] = text[:MAX_PARAM_VALUE]
+    return out
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _read_text(url: str) -> str | None:
+    try:
+        with fsspec.open(url, "r") as f:
+            return f.read().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _write_text_atomic(url: str, text: str) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    if "://" in url and not url.startswith("file://"):
+        with fsspec.open(url, "w") as f:  # an object PUT is atomic
+            f.write(text)
+        return
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage == "deleted":
+            client.restore_experiment(found.experiment_id)
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:
+        # Another job created it between our lookup and create.
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def _warn(message: str) -> None:
+    print(f"[maectl] tracking: {scrub_text(message)}", file=sys.stderr, flush=True)
+
+
+class MLflowSink:
+    """A mae_core MetricSink writing to one MLflow run."""
+
+    def __init__(self, client: MlflowClient, run_id: str, *, flush_every_s: float = 5.0, flush_at: int = 500):
+        self.client, self.run_id = client, run_id
+        self.flush_every_s, self.flush_at = flush_every_s, flush_at
+        self._buffer: list[Metric] = []
+        self._last_flush = time.monotonic()
+        self._closed = False
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        stamp = int(time.time() * 1000)
+        for key, value in metrics.items():
+            value = float(value)
+            if math.isfinite(value):
+                self._buffer.append(Metric(key, value, stamp, int(step)))
+        if len(self._buffer) >= self.flush_at or time.monotonic() - self._last_flush >= self.flush_every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        self._last_flush = time.monotonic()
+        while self._buffer:
+            batch = self._buffer[: _BATCH_LIMITS["metrics"]]
+            try:
+                self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+            except Exception as err:  # noqa: BLE001 — tracking trouble must never stop training
+                _warn(f"could not send {len(self._buffer)} metrics, will retry: {err}")
+                del self._buffer[: max(0, len(self._buffer) - _MAX_BUFFERED)]
+                return
+            del self._buffer[: len(batch)]
+
+    def log_artifact(self, local_path: str, artifact_path: str | None = None) -> None:
+        self.flush()
+        try:
+            if "://" in local_path and not local_path.startswith("file://"):
+                with tempfile.TemporaryDirectory() as tmp:
+                    copy = os.path.join(tmp, local_path.rstrip("/").rsplit("/", 1)[-1])
+                    fsspec.core.url_to_fs(local_path)[0].get(local_path, copy)
+                    self.client.log_artifact(self.run_id, copy, artifact_path)
+            else:
+                self.client.log_artifact(self.run_id, local_path.removeprefix("file://"), artifact_path)
+        except Exception as err:  # noqa: BLE001
+            _warn(f"could not upload {local_path}: {err}")
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        try:
+            self.client.log_text(self.run_id, text, artifact_file)
+        except Exception as err:  # noqa: BLE001
+            _warn(f"could not upload {artifact_file}: {err}")
+
+    def close(self, status: str = "FINISHED") -> None:
+        """Flush, then mark the run FINISHED, FAILED or KILLED (a restart sets it RUNNING again)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.flush()
+        try:
+            self.client.set_terminated(self.run_id, status=status)
+        except Exception as err:  # noqa: BLE001
+            _warn(f"could not mark the run {status}: {err}")
+
+
+def _tags(spec: dict) -> dict[str, str]:
+    submitted = spec.get("submitted", {})
+    tags = {
+        "backend": spec["backend"],
+        "handle": spec["handle"],
+        "experiment_file": spec.get("source", ""),
+        "git_commit": submitted.get("git_commit") or "unknown",
+        "git_dirty": str(bool(submitted.get("git_dirty"))).lower(),
+        "host": socket.gethostname(),
+        "user": submitted.get("user") or "unknown",
+        "overrides": " ".join(spec.get("overrides", [])) or "(none)",
+        "mlflow.user": submitted.get("user") or "unknown",
+        "mlflow.source.name": spec.get("source", ""),
+        "mlflow.source.type": "JOB",
+    }
+    if submitted.get("git_commit"):
+        tags["mlflow.source.git.commit"] = submitted["git_commit"]
+    description = spec.get("resolved", {}).get("description")
+    if description:
+        tags["mlflow.note.content"] = description
+    return {k: scrub_text(str(v))[:MAX_PARAM_VALUE] for k, v in tags.items()}
+
+
+def open_run(spec: dict, output_dir: str) -> MLflowSink:
+    """Create this job's run, or continue the one named in <output_dir>/mlflow_run_id."""
+    tracking = spec["tracking"]
+    uri = tracking["uri"]
+    if uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = _experiment_id(client, tracking["experiment"])
+    id_file = f"{output_dir.rstrip('/')}/{RUN_ID_FILE}"
+    run_id = _read_text(id_file)
+    run = None
+    if run_id:
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            _warn(f"{id_file} names run {run_id}, which {scrub_text(uri)} does not have: starting a new run")
+            run = None
+    params = flatten_params(scrub_tree(spec["resolved"]))
+    tags = _tags(spec)
+    if run is None:
+        run = client.create_run(experiment_id, run_name=tracking.get("run_name") or spec["handle"], tags=tags)
+        run_id = run.info.run_id
+        _write_text_atomic(id_file, run_id + "\n")
+        new_params, changed = params, {}
+    else:
+        client.update_run(run_id, status="RUNNING")
+        old = run.data.params
+        new_params = {k: v for k, v in params.items() if k not in old}
+        changed = {k: v for k, v in params.items() if k in old and old[k] != v}
+        resumes = int(run.data.tags.get("resumes", "0")) + 1
+        tags = {**tags, "resumes": str(resumes)}
+        if changed:
+            tags["params_changed_on_resume"] = ", ".join(sorted(changed))[:MAX_PARAM_VALUE]
+            _warn(f"params are immutable in MLflow; the run keeps its first values for: {', '.join(sorted(changed))}")
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()][: _BATCH_LIMITS["tags"]], synchronous=True)
+    for chunk in _chunks([Param(k, v) for k, v in new_params.items()], _BATCH_LIMITS["params"]):
+        client.log_batch(run_id, params=chunk, synchronous=True)
+    sink = MLflowSink(client, run_id)
+    import yaml
+
+    sink.log_text(yaml.safe_dump(scrub_tree(spec["resolved"]), sort_keys=False), "config/resolved.yaml")
+    return sink
+
