@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if sink is not None:
             sink.close()
-    print(f"done: {summary.epochs_completed} epochs, {summary.final_step} steps; checkpoint {summary.last_checkpoint}")
+    if env_from_environ().is_main:
+        print(f"done: {summary.epochs_completed} epochs, {summary.final_step} steps; checkpoint {summary.last_checkpoint}")
     return 0
 
 
