@@ -85,6 +85,10 @@ def _scan_flat(split_dir: str, split: str, classes: list[str] | None, labels_fil
     files = _image_files(split_dir, problems)
     synsets = _read_lines(synsets_file) if synsets_file else None
     entries = _read_labels(labels_file)
+    numeric = next(((label, line) for _, label, line in entries if label.isdigit() and label not in (classes or ())), None)
+    if numeric and not synsets:
+        raise DataError(f"{labels_file}:{numeric[1]}: integer label {numeric[0]!r}; integer IDs need the synset list that "
+                        f"numbers them (--val-synsets, one class name per line, line i = ID i)")
     if classes is None:
         classes = sorted(synsets) if synsets else sorted({label for _, label, _ in entries})
     source = SplitSource(split, list(classes), [], problems)
@@ -108,8 +112,7 @@ def _scan_flat(split_dir: str, split: str, classes: list[str] | None, labels_fil
     for path, label, line in pairs:
         target = _resolve_label(label, index, synsets)
         if target is None:
-            problems.append(f"{labels_file}:{line}: label {label!r} for {os.path.basename(path)} is not a known class" +
-                            ("" if synsets or not label.isdigit() else " (integer labels need the synset list, --val-synsets)") + "; left out")
+            problems.append(f"{labels_file}:{line}: label {label!r} for {os.path.basename(path)} is not a known class; left out")
             continue
         _add(source, keys, path, os.path.relpath(path, split_dir), target)
     return source

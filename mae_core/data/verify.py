@@ -42,9 +42,13 @@ class VerifyReport:
         return sum(s.samples for s in self.shards)
 
 
+def iter_shard_samples(data: bytes, url: str):
+    """The samples of a shard held in memory; raises where the tar is damaged."""
+    return group_by_keys(tar_file_expander([{"url": url, "stream": _io.BytesIO(data)}]))
+
+
 def read_shard_samples(data: bytes, url: str) -> list[dict]:
-    """All samples of a shard held in memory; raises if the tar is damaged."""
-    return list(group_by_keys(tar_file_expander([{"url": url, "stream": _io.BytesIO(data)}])))
+    return list(iter_shard_samples(data, url))
 
 
 def check_sample(sample: dict, num_classes: int) -> str | None:
@@ -59,7 +63,7 @@ def check_sample(sample: dict, num_classes: int) -> str | None:
         image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))  # full entropy decode, small output
         image.load()
     except Exception as err:
-        return f"undecodable image ({type(err).__name__}: {err})"
+        return f"undecodable image ({type(err).__name__}: {str(err).split(' <_io.')[0]})"  # drop the buffer's repr
     return None
 
 
@@ -76,17 +80,16 @@ def verify_shard(url: str, shard: ShardInfo, num_classes: int, storage_options: 
     if digest != shard.sha256:
         check.problems.append(f"{url}: sha256 {digest[:12]}..., manifest says {shard.sha256[:12]}... (modified or corrupted)")
     try:
-        samples = read_shard_samples(data, url)
+        for sample in iter_shard_samples(data, url):
+            check.samples += 1
+            reason = check_sample(sample, num_classes)
+            if reason:
+                check.bad_samples.append(f"{shard.name} {sample['__key__']}: {reason}")
     except Exception as err:
-        check.problems.append(f"{url}: damaged tar ({type(err).__name__}: {err.args[0] if err.args else err})")
-        return check
-    check.samples = len(samples)
-    if len(samples) != shard.count:
-        check.problems.append(f"{url}: {len(samples)} samples, manifest says {shard.count}")
-    for sample in samples:
-        reason = check_sample(sample, num_classes)
-        if reason:
-            check.bad_samples.append(f"{shard.name} {sample['__key__']}: {reason}")
+        message = str(err.args[0] if err.args else err).split(" @ <")[0]  # webdataset appends the stream's repr
+        check.problems.append(f"{url}: damaged tar after {check.samples} samples ({type(err).__name__}: {message})")
+    if check.samples != shard.count:
+        check.problems.append(f"{url}: {check.samples} samples, manifest says {shard.count}")
     return check
 
 

@@ -136,7 +136,7 @@ def _shard(args) -> int:
 
                 manifest, problems = write_split(source, args.dest, options, on_shard=done)
             for problem in problems:
-                console.print(f"[yellow]skipped[/] {problem}", highlight=False)
+                console.print(f"[yellow]skipped[/] {problem}", highlight=False, soft_wrap=True)
             console.print(
                 f"{split}: {manifest.num_samples} samples in {len(manifest.shards)} shards ({reused} already in place), "
                 f"{len(manifest.classes)} classes, {len(problems)} inputs left out -> {args.dest.rstrip('/')}/{split}.manifest.json",
@@ -165,7 +165,7 @@ def _verify(args) -> int:
                                       on_shard=lambda _check, task=task: progress.advance(task))
             for check in report.shards:
                 for line in check.problems + check.bad_samples:
-                    console.print(f"[red]bad[/] {line}", highlight=False)
+                    console.print(f"[red]bad[/] {line}", highlight=False, soft_wrap=True)
             bad = sum(not c.ok for c in report.shards)
             console.print(f"{split}: {len(report.shards)} shards, {report.samples} samples, {bad} shards with problems", highlight=False)
             failed |= not report.ok
