@@ -118,9 +118,10 @@ def make_dirs(url: str, storage_options: dict | None = None) -> None:
 
 
 def _gopen_fsspec(url: str, mode: str = "rb", bufsize: int = 8192, **kw):
-    import fsspec
-
-    return fsspec.open(url, mode, block_size=REMOTE_READ_BLOCK).open()
+    fs, path = filesystem(url)
+    if mode == "rb":
+        return fs.open(path, mode, block_size=REMOTE_READ_BLOCK, cache_type="readahead")
+    return fs.open(path, mode)
 
 
 def register_webdataset_s3() -> None:
