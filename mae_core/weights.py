@@ -125,7 +125,9 @@ def _strip_wrappers(key: str) -> str:
 def _bare(model: nn.Module) -> nn.Module:
     """The model inside DDP/FSDP-style (`.module`) and torch.compile (`._orig_mod`) wrappers."""
     while True:
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None:
+            inner = getattr(model, "module", None)
         if not isinstance(inner, nn.Module):
             return model
         model = inner
