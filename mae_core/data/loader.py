@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from contextlib import contextmanager
 from typing import Iterator
 
 import torch
@@ -123,6 +124,22 @@ class _RankStreams(IterableDataset):
         return _StreamReader(self, stream).batches(first)
 
 
+@contextmanager
+def _single_threaded():
+    """Per-image ops on small tensors run faster on one thread than split across the intra-op
+    pool (which also contends with the training step's threads). DataLoader workers are already
+    single-threaded; this covers num_workers == 0, restoring the caller's setting after."""
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class _StreamReader:
     def __init__(self, owner: _RankStreams, stream: int):
         self.cfg, self.plan, self.manifest = owner.cfg, owner.plan, owner.manifest
@@ -159,7 +176,7 @@ class _StreamReader:
     def _make_batch(self, group: list[dict], index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         # Seeded per batch, so a resumed stream augments batch k exactly as the first run did;
         # fork_rng keeps the training loop's own generator untouched when num_workers == 0.
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _single_threaded():
             torch.manual_seed(derive_seed(self.seed, self.epoch, self.stream_id, index, AUGMENT))
             decoded = [self._decode(sample) for sample in group]
             good = [d for d in decoded if d is not None]
