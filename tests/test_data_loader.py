@@ -14,7 +14,7 @@ from PIL import Image
 
 from mae_core.data import DataConfig, DataError, IGNORE_LABEL, ManifestError, ShardReadError, build_loader, read_manifest
 from mae_core.data.manifest import Manifest, ShardInfo, shard_name, write_manifest
-from mae_core.data.plan import deal_shards
+from mae_core.data.plan import split_evenly
 
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
 
@@ -144,16 +144,18 @@ def test_every_rank_gets_the_same_number_of_full_batches_from_disjoint_samples(t
         labels = [int(y) for _, labels in batches for y in labels]
         assert labels == [i % 4 for i in indices]  # images and labels stay paired
         seen.append(indices)
-    assert lengths[0] == lengths[1] >= 8  # 101 samples, 2 ranks x 2 workers: little is dropped
+    assert lengths[0] == lengths[1] == 12  # 101 samples in 4 streams of 25-26: 6 full batches each
     assert len(set(seen[0])) == len(seen[0]) and len(set(seen[1])) == len(seen[1])
     assert not set(seen[0]) & set(seen[1])
 
 
-def test_shards_are_dealt_to_balance_sample_counts():
-    shards = [ShardInfo(f"s{i}", c, 0, "") for i, c in enumerate([100, 100, 100, 100, 100, 40, 100, 100])]
-    totals = sorted(sum(s.count for s in stream) for stream in deal_shards(shards, 3))
-    assert totals == [240, 200 + 40, 300] or totals[-1] - totals[0] <= 100
-    assert sum(totals) == 740
+def test_samples_are_split_into_equal_contiguous_runs_across_shards():
+    shards = [ShardInfo(f"s{i}", c, 0, "") for i, c in enumerate([100, 100, 40, 0, 100, 7])]
+    streams = split_evenly(shards, 5)
+    assert [sum(part.count for part in stream) for stream in streams] == [69, 69, 70, 69, 70]
+    pieces = [(part.shard.name, part.start, part.stop) for stream in streams for part in stream]
+    assert pieces == [("s0", 0, 69), ("s0", 69, 100), ("s1", 0, 38), ("s1", 38, 100), ("s2", 0, 8), ("s2", 8, 40),
+                      ("s4", 0, 37), ("s4", 37, 100), ("s5", 0, 7)]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -169,7 +171,7 @@ def test_eval_yields_every_sample_exactly_once_on_one_rank(tmp_path, workers):
 
 
 def test_eval_on_two_ranks_splits_the_samples_and_pads_to_equal_length(tmp_path):
-    write_indexed_split(tmp_path, "val", [10, 3, 3])
+    write_indexed_split(tmp_path, "val", [10, 4, 3])
     cfg = DataConfig(url=str(tmp_path), img_size=16, batch_size=4, num_workers=0)
     real, lengths = [], set()
     for rank in range(2):
@@ -179,8 +181,8 @@ def test_eval_on_two_ranks_splits_the_samples_and_pads_to_equal_length(tmp_path)
         for images, labels in batches:
             keep = labels != IGNORE_LABEL
             real += decode_indices(images[keep])
-    assert len(lengths) == 1 and lengths.pop()[0] == 3  # rank 0: 10 samples in 3 batches; rank 1 pads
-    assert sorted(real) == list(range(16))
+    assert lengths == {(3, 3)}  # 8 samples (2 batches) on rank 0, padded to rank 1's 9 (3 batches)
+    assert sorted(real) == list(range(17))
 
 
 # --- damaged data ---

@@ -22,7 +22,7 @@ from .config import DataConfig
 from .errors import DataError
 from .manifest import Manifest, read_manifest
 from .plan import AUGMENT, LOADER, SAMPLE_BUFFER, EpochPlan, derive_seed, plan_epoch
-from .reader import image_bytes, iter_shards, parse_label
+from .reader import image_bytes, iter_shard, parse_label
 from .transforms import TRAINING_MODES, BatchTransform, SampleTransform, check_mode
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class _StreamReader:
         self.epoch, self.seed = owner.epoch, owner.seed
         self.training = owner.plan.training
         self.stream_id = owner.rank * owner.plan.streams_per_rank + stream
-        self.shards = owner.plan.stream(owner.rank, stream)
+        self.segments = owner.plan.stream(owner.rank, stream)
         self.quota = owner.plan.stream_batches(owner.rank, stream)
         self.sample_transform = SampleTransform(owner.cfg, owner.mode)
         self.batch_transform = BatchTransform(owner.cfg, owner.mode)
@@ -159,15 +159,18 @@ class _StreamReader:
             if index >= first:  # earlier batches are dropped undecoded (resume)
                 yield self._make_batch(group, index)
         if self.training and produced < self.quota:
-            names = ", ".join(s.name for s in self.shards)
+            names = ", ".join(part.shard.name for part in self.segments)
             raise DataError(
                 f"shards {names} yielded fewer samples than {self.manifest.root}/{self.manifest.split}.manifest.json "
                 f"lists ({produced} of {self.quota} batches); run `maectl data verify {self.manifest.root}`"
             )
 
     def _samples(self):
-        urls = [self.manifest.shard_url(s) for s in self.shards]
-        samples = iter_shards(urls, [s.count for s in self.shards], storage_options=self.cfg.storage_options, retries=self.cfg.shard_retries, delay_s=self.cfg.retry_delay_s)
+        samples = itertools.chain.from_iterable(
+            iter_shard(self.manifest.shard_url(part.shard), expected=part.shard.count, start=part.start, stop=part.stop,
+                       storage_options=self.cfg.storage_options, retries=self.cfg.shard_retries, delay_s=self.cfg.retry_delay_s)
+            for part in self.segments
+        )
         if self.training and self.cfg.shuffle_buffer > 1:
             rng = random.Random(derive_seed(self.seed, self.epoch, self.stream_id, SAMPLE_BUFFER))
             samples = wds.shuffle(self.cfg.shuffle_buffer, min(SHUFFLE_INITIAL, self.cfg.shuffle_buffer), rng=rng)(samples)

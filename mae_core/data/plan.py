@@ -1,17 +1,20 @@
-"""Which shards each rank and dataloader worker reads in an epoch, and how many batches that makes.
+"""Which samples each rank and dataloader worker reads in an epoch, and how many batches that makes.
 
 The choice (documented in docs/data.md): an exact split, equalised.
-- Every (rank, worker) pair is a *stream*; a split's shards are dealt to the world_size x
-  streams_per_rank streams, largest first, each to the stream holding the fewest samples so far
-  (after a seeded per-epoch shuffle of the shard order when training), so streams differ by at
-  most about one shard.
+- Every (rank, worker) pair is a *stream*. When training, the shard order is shuffled per epoch
+  (seeded); the split's samples, in that order, are cut into world_size x streams_per_rank
+  contiguous runs of equal size (differing by at most one sample), so a shard may be shared by two
+  neighbouring streams, each reading its own part of it (the later one reads past the first part
+  without decoding it). Nothing is dropped for shard-size imbalance.
 - Batches never cross streams. The DataLoader takes one batch from each worker in turn, so batch g
   of a rank comes from its stream g % S. Training: a rank yields exactly `num_batches` batches, the
-  largest count that every stream of every rank can fill with full batches (from manifest counts,
-  so every rank computes the same number without talking to the others); the rest of the epoch's
-  samples are dropped (drop_last, equalised). Each sample is seen at most once per epoch.
-- Eval: shards in manifest order, no shuffle, partial last batches kept, every sample exactly once
-  across all ranks; ranks short of the longest rank's batch count pad with label -1 batches.
+  largest count every stream of every rank can fill with full batches (computed from manifest
+  counts, so all ranks agree without talking); the few samples left over (< one batch per stream)
+  are dropped that epoch. Each sample is seen at most once per epoch.
+- Training needs at least one shard per stream (else too much of each shard is read only to be
+  skipped): fewer is an error before any worker starts, naming the counts.
+- Eval: manifest order, no shuffle, partial last batches kept, every sample exactly once across
+  all ranks; a rank short of the longest rank's batch count pads with label -1 batches.
 """
 
 from __future__ import annotations
@@ -43,26 +46,49 @@ def shard_order(shards: list[ShardInfo], *, seed: int, epoch: int, shuffle: bool
     return ordered
 
 
-def deal_shards(shards: list[ShardInfo], num_streams: int) -> list[list[ShardInfo]]:
-    """Give each shard (largest first, ties in the given order) to the stream with fewest samples."""
-    streams: list[list[ShardInfo]] = [[] for _ in range(num_streams)]
-    totals = [0] * num_streams
-    for shard in sorted(shards, key=lambda s: -s.count):  # stable: keeps the shuffled order among equals
-        target = min(range(num_streams), key=lambda i: (totals[i], len(streams[i]), i))
-        streams[target].append(shard)
-        totals[target] += shard.count
+@dataclass(frozen=True)
+class Segment:
+    """Samples [start, stop) of a shard, in the shard's own order."""
+
+    shard: ShardInfo
+    start: int
+    stop: int
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
+
+
+def split_evenly(shards: list[ShardInfo], num_streams: int) -> list[list[Segment]]:
+    """Cut the samples of `shards` (in this order) into `num_streams` contiguous runs whose sizes
+    differ by at most one."""
+    total = sum(s.count for s in shards)
+    bounds = [total * i // num_streams for i in range(num_streams + 1)]
+    streams: list[list[Segment]] = [[] for _ in range(num_streams)]
+    stream = position = 0
+    for shard in shards:
+        taken = 0
+        while taken < shard.count:
+            room = bounds[stream + 1] - position
+            if room == 0:
+                stream += 1
+                continue
+            take = min(room, shard.count - taken)
+            streams[stream].append(Segment(shard, taken, taken + take))
+            taken += take
+            position += take
     return streams
 
 
 @dataclass(frozen=True)
 class EpochPlan:
-    streams: list[list[ShardInfo]]  # stream rank * streams_per_rank + s
+    streams: list[list[Segment]]  # stream rank * streams_per_rank + s
     streams_per_rank: int
     batch_size: int
     num_batches: int  # per rank, the same on every rank
     training: bool
 
-    def stream(self, rank: int, index: int) -> list[ShardInfo]:
+    def stream(self, rank: int, index: int) -> list[Segment]:
         return self.streams[rank * self.streams_per_rank + index]
 
     def stream_batches(self, rank: int, index: int) -> int:
@@ -84,14 +110,15 @@ def plan_epoch(
     if manifest.num_samples == 0:
         raise DataError(f"split {manifest.split!r} at {manifest.root} has no samples (manifest lists {len(manifest.shards)} shards)")
     num_streams = world_size * streams_per_rank
-    if training and len(manifest.shards) < num_streams:
+    shards = sum(1 for s in manifest.shards if s.count)
+    if training and shards < num_streams:
         raise DataError(
-            f"split {manifest.split!r} has {len(manifest.shards)} shards, but {world_size} ranks x "
+            f"split {manifest.split!r} has {shards} shards, but {world_size} ranks x "
             f"{streams_per_rank} loader workers need at least {num_streams} (one per worker): use at most "
-            f"{max(len(manifest.shards) // world_size, 1)} workers per rank, or reshard with a smaller --maxcount"
+            f"{max(shards // world_size, 1)} workers per rank, or reshard with a smaller --maxcount"
         )
     ordered = shard_order(manifest.shards, seed=seed, epoch=epoch, shuffle=training)
-    streams = deal_shards(ordered, num_streams)
+    streams = split_evenly(ordered, num_streams)
     samples = [sum(s.count for s in stream) for stream in streams]
     if training:
         # Stream s of a rank can serve batches s, s + S, ..., s + (k - 1) S where k is its full batches.

@@ -22,36 +22,36 @@ class ShortShard(EOFError):
 
 
 def iter_shard(
-    url: str, *, expected: int | None = None, storage_options: dict | None = None, retries: int = 3, delay_s: float = 1.0
+    url: str, *, expected: int | None = None, start: int = 0, stop: int | None = None,
+    storage_options: dict | None = None, retries: int = 3, delay_s: float = 1.0,
 ) -> Iterator[dict]:
-    """The samples of one shard as dicts {"__key__", "__url__", ext: bytes, ...}.
+    """Samples [start, stop) of one shard as dicts {"__key__", "__url__", ext: bytes, ...}; those
+    before `start` are read past, not returned. `expected`: the shard's sample count (manifest).
 
-    A read that fails (network, missing object, damaged tar, or fewer samples than `expected`) is
-    retried from the start of the shard, skipping the samples already delivered; after `retries`
-    retries it raises ShardReadError naming the URL."""
-    delivered = 0
+    A read that fails (network, missing object, damaged tar, or the shard ending early) is retried
+    from the start of the shard, skipping the samples already delivered; after `retries` retries it
+    raises ShardReadError naming the URL."""
+    stop = expected if stop is None else stop
+    position = start  # next sample to deliver
     for attempt in range(retries + 1):
         try:
             with io.open_read(url, storage_options) as stream:
-                samples = group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
-                for index, sample in enumerate(samples):
-                    if index >= delivered:
-                        delivered += 1
+                index = -1
+                for index, sample in enumerate(group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))):
+                    if stop is not None and index >= stop:
+                        return
+                    if index >= position:
+                        position += 1
                         yield sample
-            if expected is not None and delivered < expected:
-                raise ShortShard(f"ended after {delivered} of {expected} samples")
+                if stop is not None and index + 1 < stop:
+                    raise ShortShard(f"ended after {index + 1} samples, the manifest lists {expected}")
             return
         except READ_ERRORS as err:
-            reason = f"{type(err).__name__}: {err.args[0] if err.args else err}"
+            reason = f"{type(err).__name__}: {str(err.args[0] if err.args else err).split(' @ <')[0]}"
             if attempt == retries:
                 raise ShardReadError(f"cannot read shard {url} ({retries + 1} attempts): {reason}") from err
             log.warning("reading shard %s failed (%s); retry %d of %d", url, reason, attempt + 1, retries)
             time.sleep(delay_s * (attempt + 1))
-
-
-def iter_shards(urls: list[str], counts: list[int] | None = None, **kw) -> Iterator[dict]:
-    for url, count in zip(urls, counts or [None] * len(urls)):
-        yield from iter_shard(url, expected=count, **kw)
 
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
