@@ -11,6 +11,8 @@ addresses them directly, plus maectl's own sections:
     global_batch: 4096                 # the recipe's effective batch; accum_iter is derived
     resources: {nodes, gpus_per_node, cpus_per_task, mem_gb, time_limit_min, partition, ...}
     tracking: {uri, experiment, enabled}
+    slurm: {job_folder, max_requeues, signal_delay_s, setup, srun_args}   # the SLURM backend's own
+    ray: {address, storage_path, max_failures, autoscaling}   # --backend ray only
 
 Strings may use ${output_root}, ${experiment} and ${handle}. `data.url: builtin:demo` names
 the generated demo dataset under the output root. Every error names the file and the dotted key.
@@ -39,6 +41,7 @@ BUILTIN_DEMO_DATA = "builtin:demo"
 BASE_FOLDER = "base"  # files under a folder of this name are shared defaults, not experiments
 _RUN_SECTIONS = ("task", "output_dir", "model", "data", "optim", "train", "checkpoint", "monitor", "finetune")
 DEFAULT_OUTPUT_DIR = "${output_root}/${experiment}/${handle}"
+COMMAND_LINE = "command line"
 
 
 class ExperimentError(UsageError):
@@ -58,6 +61,37 @@ class TrackingConfig:
 
 
 @dataclass(kw_only=True)
+class RayConfig:
+    """Where and how a `--backend ray` job runs (orchestrator/backends/ray.py)."""
+
+    address: str | None = None  # the cluster's job API, http://HEAD:8265; default $RAY_ADDRESS
+    storage_path: str | None = None  # Ray Train's RunConfig.storage_path; default <output_root>/ray
+    max_failures: int = 3  # worker-group restarts (each resumes from the latest checkpoint)
+    autoscaling: bool = False  # the cluster adds nodes on demand: skip the pre-submit resource check
+
+    def __post_init__(self):
+        if self.max_failures < -1:
+            raise ConfigError("max_failures", f"must be >= 0 (or -1 for unlimited), got {self.max_failures}")
+
+
+@dataclass(kw_only=True)
+class SlurmConfig:
+    """Read by the SLURM backend only (orchestrator/backends/slurm.py)."""
+
+    job_folder: str | None = None  # sbatch scripts + submitit logs, on shared storage; default <output_dir>/slurm
+    max_requeues: int = 3  # restarts (preemption, time limit, `scontrol requeue`) before the job gives up
+    signal_delay_s: int = 120  # SLURM's warning signal this long before the time limit: time to checkpoint
+    setup: list[str] = field(default_factory=list)  # lines run at the top of the job script (modules, venv)
+    srun_args: list[str] = field(default_factory=list)  # e.g. container options (pyxis)
+
+    def __post_init__(self):
+        if self.max_requeues < 0:
+            raise ConfigError("max_requeues", f"must be >= 0, got {self.max_requeues}")
+        if self.signal_delay_s < 0:
+            raise ConfigError("signal_delay_s", f"must be >= 0, got {self.signal_delay_s}")
+
+
+@dataclass(kw_only=True)
 class ExperimentSpec:
     """maectl's own sections of an experiment file."""
 
@@ -66,6 +100,8 @@ class ExperimentSpec:
     global_batch: int | None = None
     resources: Resources = field(default_factory=Resources)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self):
         if self.global_batch is not None and self.global_batch < 1:
@@ -246,11 +282,11 @@ def apply_overrides(tree: MergedTree, overrides: list[str]) -> None:
         for i, part in enumerate(parts[:-1]):
             if part not in node or node[part] is None:
                 node[part] = {}
+                tree.origins[tuple(parts[: i + 1])] = COMMAND_LINE
             node = node[part]
             if not isinstance(node, dict):
                 raise UsageError(f"override {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
-        label = f"command line ({item.split('=', 1)[0]}=...)"
-        _merge(node, {parts[-1]: value}, tree.origins, lambda p, text=label: text, tuple(parts[:-1]))
+        _merge(node, {parts[-1]: value}, tree.origins, lambda p: COMMAND_LINE, tuple(parts[:-1]))
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -310,16 +346,29 @@ class _Locator:
         origin = self.tree.origin(key)
         if origin is None:
             return ExperimentError(self.source, key, message)
-        if origin.startswith("command line"):
+        if origin.startswith(COMMAND_LINE):
             return ExperimentError(self.source, key, message, f"set on the {origin}")
         if origin != self.source:
             return ExperimentError(origin, key, message, f"inherited by {self.source}")
         return ExperimentError(origin, key, message)
 
-    def from_config_error(self, err: ConfigError, prefix: str = "") -> ExperimentError:
-        key = f"{prefix}.{err.key}" if prefix and err.key else (err.key or prefix)
-        message = str(err)[len(err.key) + 2 :] if err.key else str(err)
+    def from_config_error(self, err: ConfigError) -> ExperimentError:
+        key = err.key
+        message = str(err)[len(key) + 2 :] if key else str(err)
+        # Some checks report the section ("model: mask_ratio must be ..."): point at the field.
+        first_word = message.split(" ", 1)[0].strip("'\":,")
+        section = self._subtree(key)
+        if isinstance(section, dict) and first_word in section:
+            key = f"{key}.{first_word}"
         return self.error(key, message)
+
+    def _subtree(self, key: str):
+        node = self.tree.data
+        for part in key.split(".") if key else []:
+            if not isinstance(node, dict):
+                return None
+            node = node.get(part)
+        return node
 
 
 def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: str | None = None,
@@ -362,6 +411,8 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: s
 
     from mae_core.engine.config import load_run_config  # imports torch: only once the cheap checks passed
 
+    _check_model_keys(run_tree, where)
+
     try:
         run = load_run_config(run_tree)
     except ConfigError as err:
@@ -373,6 +424,20 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: s
     if check_data:
         check_shards(resolved)
     return resolved
+
+
+def _check_model_keys(run_tree: dict, where: _Locator) -> None:
+    """The model section is a registry name plus MAEConfig overrides: name an unknown one exactly."""
+    from mae_core.models.mae import MAEConfig
+
+    model = run_tree.get("model")
+    if not isinstance(model, dict):
+        return
+    known = ["name", *(f.name for f in dataclasses.fields(MAEConfig))]
+    for key in model:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            raise where.error(f"model.{key}", "unknown key" + (f"; did you mean 'model.{close[0]}'?" if close else ""))
 
 
 def _derive_accumulation(spec: ExperimentSpec, run_tree: dict, where: _Locator, notes: list[str]) -> None:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..experiments import ExperimentError
 from ..redact import scrub_text
 from .base import Backend, LaunchRequest, Status, Submitted, passed_environment, shell_quote, write_spec
 from .states import JobState
@@ -54,15 +53,15 @@ class LocalBackend(Backend):
 
     def check(self, request: LaunchRequest) -> None:
         res = request.resources
-        source = request.experiment.source_display
+        where = request.experiment.locator
         if res.nodes != 1:
-            raise ExperimentError(source, "resources.nodes", f"the local backend runs on one machine, got {res.nodes} (override resources.nodes=1)")
+            raise where.error("resources.nodes", f"the local backend runs on one machine, got {res.nodes} (override resources.nodes=1)")
         if res.gpus_per_node:
             import torch
 
             available = torch.cuda.device_count()
             if res.gpus_per_node > available:
-                raise ExperimentError(source, "resources.gpus_per_node", f"asks for {res.gpus_per_node} GPUs, this machine has {available} "
+                raise where.error("resources.gpus_per_node", f"asks for {res.gpus_per_node} GPUs, this machine has {available} "
                                                                           f"(override resources.gpus_per_node={available})")
 
     def _environment(self, request: LaunchRequest) -> dict[str, str]:

@@ -1,0 +1,84 @@
+"""MLflow tracking against a real `mlflow server`: params, tags, per-step metrics, artifacts;
+a restarted job (same output_dir) continues the same run; no credentials anywhere."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from orchestrator.redact import REDACTED, is_secret_name, scrub_text, scrub_tree
+from tests.test_orchestrator_cli import SECRET_KEY, URI_PASSWORD, assert_no_secrets, clean_env, maectl
+from tests.test_orchestrator_local import tiny_job
+
+
+def test_secret_names_and_values_are_redacted(monkeypatch):
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD", "api_key", "password"):
+        assert is_secret_name(name), name
+    for name in ("keep_last", "knn_k", "keep_every_epochs", "data.url", "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL"):
+        assert not is_secret_name(name), name
+    monkeypatch.setenv("HF_TOKEN", "tok-" + "z" * 12)
+    text = scrub_text("https://bob:hunter2hunter2@host/x AKIA" + "A" * 16 + " tok-" + "z" * 12)
+    assert text == f"https://bob:{REDACTED}@host/x {REDACTED} {REDACTED}"
+    assert scrub_tree({"data": {"url": "s3://b/p", "secret_key": "abc"}}) == {"data": {"url": "s3://b/p", "secret_key": REDACTED}}
+
+
+def test_params_are_flattened_and_capped():
+    from orchestrator.tracking import MAX_PARAM_VALUE, flatten_params
+
+    params = flatten_params({"optim": {"betas": [0.9, 0.95], "lr": None}, "resources": {"sbatch_options": {}}, "password": "x", "d": "y" * 7000})
+    assert params == {"optim.betas": "[0.9, 0.95]", "optim.lr": "None", "resources.sbatch_options": "{}", "password": REDACTED, "d": "y" * MAX_PARAM_VALUE}
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_mlflow_round_trip_and_restart_continues_the_run(tmp_path, demo_shards, mlflow_tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    host = re.sub(r"^http://", "", mlflow_tracking_uri)
+    uri_with_password = f"http://alice:{URI_PASSWORD}@{host}"
+    env = clean_env(tmp_path)
+    job = tiny_job(tmp_path, demo_shards, tracking=True)
+    first = maectl(["submit", job, f"tracking.uri={uri_with_password}", "--wait"], env, timeout=300)
+    assert first.returncode == 0, first.stdout + first.stderr
+    handle = re.search(r"submitted (local-[0-9a-f]{6})", first.stdout)[1]
+    output_dir = tmp_path / "out" / "tiny-test-job" / handle
+    run_id = (output_dir / "mlflow_run_id").read_text().strip()
+
+    client = MlflowClient(mlflow_tracking_uri)
+    run = client.get_run(run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "tiny-test-job"
+    assert run.info.status == "FINISHED" and run.info.run_name == handle
+    params, tags = run.data.params, run.data.tags
+    assert params["model.name"] == "mae_vit_micro_patch4_32" and params["train.epochs"] == "1"
+    assert params["data.batch_size"] == "50" and params["resources.tasks_per_node"] == "1" and params["backend"] == "local"
+    assert tags["backend"] == "local" and tags["handle"] == handle and tags["user"] and tags["host"]
+    assert re.fullmatch(r"[0-9a-f]{40}", tags["git_commit"])
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert steps == list(range(1, 9))
+    assert client.get_metric_history(run_id, "epoch/loss")[0].step == 8
+    artifacts = {a.path for folder in ("config", "reconstructions", "encoder") for a in client.list_artifacts(run_id, folder)}
+    assert {"config/resolved.yaml", "reconstructions/reconstruction-epoch0001.png", "encoder/encoder_timm.pt"} <= artifacts
+
+    # Started again on the same output folder (a requeue, a restart): the checkpoint resumes at
+    # step 8 and the same run continues from there.
+    second = maectl(["submit", job, f"tracking.uri={uri_with_password}", f"output_dir={output_dir}", "train.epochs=2", "--wait"], env, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert (output_dir / "mlflow_run_id").read_text().strip() == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["resumes"] == "1"
+    assert "train.epochs" in run.data.tags["params_changed_on_resume"] and run.data.params["train.epochs"] == "1"
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert steps == list(range(1, 17)), "metrics continue from the resumed step"
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+    # No credential anywhere: params, tags, the uploaded config, logs, what maectl prints.
+    local_artifact = client.download_artifacts(run_id, "config/resolved.yaml", str(tmp_path / "dl"))
+    second_handle = re.search(r"submitted (local-[0-9a-f]{6})", second.stdout)[1]
+    logs = "".join(maectl(["logs", h], env).stdout for h in (handle, second_handle))
+    status = maectl(["status", handle], env).stdout
+    everything = "\n".join([*run.data.params.values(), *run.data.tags.values(), Path(local_artifact).read_text(),
+                            first.stdout, first.stderr, second.stdout, second.stderr, logs, status])
+    assert_no_secrets(everything)
+    assert SECRET_KEY not in everything and "alice:" + REDACTED in run.data.params["tracking.uri"]
