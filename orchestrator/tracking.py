@@ -114,7 +114,9 @@ class MLflowSink:
             value = float(value)
             if math.isfinite(value):
                 self._buffer.append(Metric(key, value, stamp, int(step)))
-        if len(self._buffer) >= self.flush_at or time.monotonic() - self._last_flush >= self.flush_every_s:
+        # An epoch's record ("epoch" key) comes just before the epoch-end checkpoint: sent now,
+        # the metrics up to that checkpoint survive a kill (a resumed run re-logs only later steps).
+        if "epoch" in metrics or len(self._buffer) >= self.flush_at or time.monotonic() - self._last_flush >= self.flush_every_s:
             self.flush()
 
     def flush(self) -> None:
@@ -226,3 +228,17 @@ def open_run(spec: dict, output_dir: str) -> MLflowSink:
     sink.log_text(yaml.safe_dump(scrub_tree(spec["resolved"]), sort_keys=False), "config/resolved.yaml")
     return sink
 
+
+
+def end_run_if_running(spec: dict, output_dir: str, status: str) -> str | None:
+    """Mark this job's run (from <output_dir>/mlflow_run_id) `status` if it is still RUNNING.
+
+    For launchers whose ranks can be killed without closing their run (Ray Train tears a worker
+    group down with SIGKILL): called once the job as a whole has failed or been stopped."""
+    run_id = _read_text(f"{output_dir.rstrip('/')}/{RUN_ID_FILE}")
+    if not run_id:
+        return None
+    client = MlflowClient(tracking_uri=spec["tracking"]["uri"])
+    if client.get_run(run_id).info.status == "RUNNING":
+        client.set_terminated(run_id, status=status)
+    return run_id

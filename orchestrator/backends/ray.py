@@ -1,0 +1,378 @@
+"""The Ray backend: the job runs as a Ray Job whose driver starts a Ray Train `TorchTrainer`.
+
+    maectl submit NAME --backend ray
+      -> <job_dir>/ray/job.yaml                          the spec, uploaded as the job's working_dir
+      -> Ray Job (JobSubmissionClient.submit_job):
+           entrypoint  python -m orchestrator.ray_entry job.yaml --workers N ... --max-failures K
+           runtime_env {working_dir, env_vars}
+      -> the driver: TorchTrainer(run_job(spec) on each worker, ScalingConfig, RunConfig)
+
+`submit` returns once the cluster accepted the job; `status`, `logs` and `cancel` use the Ray
+Jobs REST API of the cluster's dashboard (`GET /api/jobs/ID`, `GET .../logs`, `POST .../stop`),
+so they answer without importing ray. The code that runs on the cluster is maectl as installed
+there (the training image, or this checkout's venv for the development head): only the spec
+travels with the job, which keeps the upload far below Ray's 100 MiB working_dir cap.
+
+Failures and restarts: see orchestrator/ray_entry.py — the engine's checkpoints in output_dir
+are the only checkpoints; Ray Train restarts the worker group (`FailureConfig(max_failures)`)
+and the engine resumes from the latest one, continuing the same MLflow run.
+
+Pre-submit checks (exit 2, nothing submitted; skipped by --dry-run, which never contacts the
+cluster, so that it can print the spec for a cluster that does not exist yet): the job API
+answers; the alive nodes have room for every worker (unless `ray.autoscaling`); Ray's storage
+path and the output folder are writable; the dataset manifest is readable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..experiments import HANDLE_PLACEHOLDER, ExperimentError
+from ..redact import REDACTED, is_secret_name, scrub_text
+from .base import PASSED_ENV_PREFIXES, Backend, LaunchRequest, Status, Submitted, dump_spec, write_spec
+from .states import JobState
+
+WORKING_DIR = "ray"  # under the job's folder: holds only job.yaml, the job's working_dir
+SPEC_NAME = "job.yaml"
+# Ray Train's own knobs (health-check interval, timeouts) set where maectl runs reach the job.
+RAY_PASSED_ENV_PREFIXES = (*PASSED_ENV_PREFIXES, "RAY_TRAIN_")
+HTTP_TIMEOUT_S = 10.0
+CANCEL_WAIT_S = 30.0
+
+# Ray job states -> maectl's. A stopped job is one that someone stopped: `ray job stop`,
+# `maectl cancel` or the dashboard.
+STATES = {
+    "PENDING": JobState.PENDING,
+    "RUNNING": JobState.RUNNING,
+    "SUCCEEDED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED,
+    "STOPPED": JobState.CANCELLED,
+}
+
+
+class RayUnreachable(RuntimeError):
+    pass
+
+
+def normalise_address(address: str) -> str:
+    """The dashboard's job API as a URL; `host:port` means http."""
+    address = address.strip().rstrip("/")
+    if "://" not in address:
+        address = f"http://{address}"
+    return address
+
+
+def _http_json(url: str, *, method: str = "GET", timeout: float = HTTP_TIMEOUT_S):
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read().decode() or "null")
+    except urllib.error.HTTPError as err:
+        body = err.read().decode(errors="replace")[:300]
+        raise RayUnreachable(f"{scrub_text(url)}: HTTP {err.code} {body}") from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise RayUnreachable(f"{scrub_text(url)}: {reason}") from None
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """What Ray Train's ScalingConfig gets, from maectl's resources."""
+
+    workers: int
+    gpus_per_worker: int
+    cpus_per_worker: int
+
+    @classmethod
+    def of(cls, resources) -> Scaling:
+        return cls(workers=resources.world_size, gpus_per_worker=1 if resources.gpus_per_node else 0,
+                   cpus_per_worker=resources.cpus_per_task or 1)
+
+    @property
+    def per_worker(self) -> dict[str, int]:
+        out = {"CPU": self.cpus_per_worker}
+        if self.gpus_per_worker:
+            out["GPU"] = self.gpus_per_worker
+        return out
+
+    def slots(self, node_resources: dict[str, float]) -> int:
+        """How many workers fit on a node with these total resources."""
+        return min(int(node_resources.get(name, 0.0) // amount) for name, amount in self.per_worker.items())
+
+
+class RayBackend(Backend):
+    name = "ray"
+
+    # -- what the job is -------------------------------------------------------------------------
+    @staticmethod
+    def _config(request: LaunchRequest):
+        return request.experiment.spec.ray
+
+    def _address(self, request: LaunchRequest) -> str | None:
+        address = self._config(request).address or os.environ.get("RAY_ADDRESS")
+        return normalise_address(address) if address else None
+
+    def _storage_path(self, request: LaunchRequest) -> str:
+        configured = self._config(request).storage_path
+        return (configured or f"{request.experiment.output_root.rstrip('/')}/ray").rstrip("/")
+
+    def _entrypoint(self, request: LaunchRequest) -> list[str]:
+        scaling = Scaling.of(request.resources)
+        # `python`, not this interpreter's path: the entrypoint runs on the cluster, where the
+        # head's PATH names the environment that has maectl installed.
+        words = ["python", "-m", "orchestrator.ray_entry", SPEC_NAME, "--workers", str(scaling.workers),
+                 "--cpus-per-worker", str(scaling.cpus_per_worker)]
+        if scaling.gpus_per_worker:
+            words += ["--gpus-per-worker", str(scaling.gpus_per_worker)]
+        words += ["--storage-path", self._storage_path(request), "--max-failures", str(self._config(request).max_failures)]
+        return words
+
+    def _environment(self, request: LaunchRequest) -> dict[str, str]:
+        """The job's env_vars: Ray gives them to the driver and every worker. Inherited
+        credentials and endpoints (AWS_*, MLFLOW_*, ...) go too: the cluster's processes do not
+        share this shell's environment."""
+        # Ray Train V2 sends workers' print() to its logger and, where Ray has wrapped stdout,
+        # to stdout as well: every line of the job log would appear twice.
+        env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+        env.update({k: os.environ[k] for k in sorted(os.environ) if k.startswith(RAY_PASSED_ENV_PREFIXES)})
+        env.update({"PYTHONUNBUFFERED": "1", "MAECTL_JOB": request.handle})
+        env.update(request.env)
+        return env
+
+    def _working_dir(self, request: LaunchRequest) -> Path:
+        return request.job_dir / WORKING_DIR
+
+    def _runtime_env(self, request: LaunchRequest) -> dict:
+        return {"working_dir": str(self._working_dir(request)), "env_vars": self._environment(request)}
+
+    def _metadata(self, request: LaunchRequest) -> dict[str, str]:
+        return {"maectl_handle": request.handle, "experiment": request.experiment.name}
+
+    # -- checks ----------------------------------------------------------------------------------
+    def check(self, request: LaunchRequest) -> None:
+        source = request.experiment.source_display
+        address = self._address(request)
+        if address and urllib.parse.urlsplit(address).scheme not in ("http", "https"):
+            raise ExperimentError(source, "ray.address", f"{scrub_text(address)} is not the dashboard's job API: give http://HEAD:8265 "
+                                                        f"(ray:// client and GCS addresses are not for job submission)")
+        if request.resources.nodes > 1:
+            for key, location in (("ray.storage_path", self._storage_path(request)), ("output_dir", request.experiment.run.output_dir)):
+                if _node_local(location):
+                    raise ExperimentError(source, key, f"{location} is on this machine's /tmp, but the job spans {request.resources.nodes} nodes: "
+                                                       f"use a folder that every node mounts, or s3://")
+        if request.handle == HANDLE_PLACEHOLDER:
+            # A dry-run (its handle is still the placeholder): print the spec without contacting
+            # the cluster or touching storage, so it works for a cluster that is not up yet.
+            return
+        if not address:
+            raise ExperimentError(source, "ray.address", "no Ray cluster given: set ray.address (the job API, http://HEAD:8265) "
+                                                        "or $RAY_ADDRESS")
+        self._check_cluster(request, address, source)
+        for key, location in (("ray.storage_path", self._storage_path(request)), ("output_dir", request.experiment.run.output_dir)):
+            problem = _not_writable(location)
+            if problem:
+                raise ExperimentError(source, key, f"cannot write to {scrub_text(location)} ({problem}); the job would fail at its first "
+                                                   f"checkpoint")
+        if not request.experiment.uses_demo_data:  # the demo dataset is generated at launch
+            self._check_data(request, source)
+
+    def _check_cluster(self, request: LaunchRequest, address: str, source: str) -> None:
+        try:
+            _http_json(f"{address}/api/version", timeout=5.0)
+        except RayUnreachable as err:
+            raise ExperimentError(source, "ray.address", f"the Ray job API does not answer ({err}); is the cluster up? "
+                                                        f"(address from {'ray.address' if self._config(request).address else '$RAY_ADDRESS'})") from None
+        if self._config(request).autoscaling:
+            return
+        scaling = Scaling.of(request.resources)
+        try:
+            nodes = _alive_nodes(address)
+        except RayUnreachable as err:
+            raise ExperimentError(source, "ray.address", f"cannot list the cluster's nodes ({err})") from None
+        room = sum(scaling.slots(n.get("resources_total") or {}) for n in nodes)
+        if room < scaling.workers:
+            totals = {name: sum((n.get("resources_total") or {}).get(name, 0.0) for n in nodes) for name in ("CPU", "GPU")}
+            raise ExperimentError(
+                source, "resources",
+                f"{scaling.workers} worker(s) x {scaling.per_worker} do not fit the Ray cluster at {scrub_text(address)}: its "
+                f"{len(nodes)} alive node(s) ({totals['CPU']:g} CPU, {totals['GPU']:g} GPU in all) have room for {room}; lower "
+                f"resources.nodes, tasks_per_node, gpus_per_node or cpus_per_task, or set ray.autoscaling=true if the cluster adds "
+                f"nodes on demand")
+
+    def _check_data(self, request: LaunchRequest, source: str) -> None:
+        from mae_core.data.manifest import read_manifest
+
+        data = request.experiment.run.data
+        options = dict(data.storage_options)
+        if data.url.startswith("s3://"):
+            options.setdefault("config_kwargs", {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 2}})
+        try:
+            read_manifest(data.url, "train", storage_options=options)
+        except Exception as err:  # noqa: BLE001 — any reason it cannot be read is worth stopping for
+            raise ExperimentError(source, "data.url", f"cannot read the training manifest of {scrub_text(data.url)}: "
+                                                      f"{scrub_text(str(err))[:300]}") from None
+
+    # -- dry-run and submit ----------------------------------------------------------------------
+    def dry_run(self, request: LaunchRequest) -> str:
+        scaling = Scaling.of(request.resources)
+        config = self._config(request)
+        env = {k: (REDACTED if is_secret_name(k) else scrub_text(v)) for k, v in self._environment(request).items()}
+        job = {
+            "address": scrub_text(self._address(request) or "<$RAY_ADDRESS: not set>"),
+            "submission_id": request.handle,
+            "entrypoint": shlex.join(self._entrypoint(request)),
+            "runtime_env": {"working_dir": str(self._working_dir(request)), "env_vars": env},
+            "metadata": self._metadata(request),
+        }
+        trainer = {
+            "scaling_config": {"num_workers": scaling.workers, "use_gpu": bool(scaling.gpus_per_worker),
+                               "resources_per_worker": scaling.per_worker},
+            "run_config": {"name": request.handle, "storage_path": self._storage_path(request),
+                           "failure_config": {"max_failures": config.max_failures}},
+            "checkpoints": f"the engine's, in {request.experiment.run.output_dir} (resumed after a restart)",
+        }
+        lines = [
+            f"# ray backend: a Ray Job whose driver runs a Ray Train TorchTrainer with {scaling.workers} worker(s); "
+            f"submit returns at once",
+            f"# writes {self._working_dir(request) / SPEC_NAME} (below; the job's working_dir), then submits:",
+            _dump_unwrapped({"ray_job": job}),
+            "# the entrypoint builds:",
+            _dump_unwrapped({"torch_trainer": trainer}),
+            f"# --- {self._working_dir(request) / SPEC_NAME} ---",
+            scrub_text(dump_spec(request.spec)).rstrip(),
+        ]
+        return "\n".join(lines) + "\n"
+
+    def submit(self, request: LaunchRequest) -> Submitted:
+        from ray.job_submission import JobSubmissionClient
+
+        write_spec(request.spec_path, request.spec)
+        write_spec(self._working_dir(request) / SPEC_NAME, request.spec)
+        address = self._address(request)
+        client = JobSubmissionClient(address)
+        submission_id = client.submit_job(
+            entrypoint=shlex.join(self._entrypoint(request)),
+            submission_id=request.handle,
+            runtime_env=self._runtime_env(request),
+            metadata=self._metadata(request),
+        )
+        info = {"address": address, "submission_id": submission_id, "storage_path": self._storage_path(request),
+                "dashboard": f"{address}/#/jobs/{submission_id}"}
+        return Submitted(native_id=submission_id, log_path=None, info=info, state=JobState.PENDING)
+
+    # -- status, logs, cancel --------------------------------------------------------------------
+    @staticmethod
+    def _job_url(record) -> str:
+        return f"{record.info['address']}/api/jobs/{urllib.parse.quote(record.info['submission_id'])}"
+
+    def status(self, record) -> Status:
+        info = _http_json(self._job_url(record))
+        state = STATES.get(info.get("status"), JobState.UNKNOWN)
+        message = info.get("message") or None
+        if state == JobState.FAILED and message:
+            message = scrub_text(message.splitlines()[0])[:300]
+        elif state != JobState.FAILED:
+            message = None if state != JobState.CANCELLED else "stopped (ray job stop)"
+        return Status(state, info.get("driver_exit_code"), message)
+
+    def logs(self, record, follow: bool = False) -> Iterator[str]:
+        if follow:
+            yield from self._follow(record)
+            return
+        text = (_http_json(f"{self._job_url(record)}/logs") or {}).get("logs", "")
+        for line in text.splitlines(keepends=True):
+            yield scrub_text(line if line.endswith("\n") else line + "\n")
+
+    def _follow(self, record) -> Iterator[str]:
+        """Ray's websocket tail (efficient for long logs), as a plain iterator of lines."""
+        import asyncio
+
+        from ray.job_submission import JobSubmissionClient
+
+        client = JobSubmissionClient(record.info["address"])
+        stream = client.tail_job_logs(record.info["submission_id"])
+        loop = asyncio.new_event_loop()
+        pending = ""
+        try:
+            while True:
+                try:
+                    chunk = loop.run_until_complete(stream.__anext__())
+                except StopAsyncIteration:
+                    break
+                pending += chunk
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    yield scrub_text(line + "\n")
+            if pending:
+                yield scrub_text(pending + "\n")
+        finally:
+            loop.run_until_complete(stream.aclose())
+            loop.close()
+
+    def cancel(self, record) -> None:
+        """`ray job stop`: SIGTERM to the driver (it marks the MLflow run KILLED and exits; its
+        Train workers go with it), SIGKILL after Ray's grace period. Waits for the stop, so that
+        `maectl cancel` can show the final state."""
+        try:
+            _http_json(f"{self._job_url(record)}/stop", method="POST")
+        except RayUnreachable:
+            if self.status(record).state.terminal:
+                return
+            raise
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline and not self.status(record).state.terminal:
+            time.sleep(0.5)
+
+
+def _dump_unwrapped(tree: dict) -> str:
+    """YAML with no folded lines: an entrypoint is read (and copied) as one line."""
+    import yaml
+
+    return yaml.safe_dump(tree, sort_keys=False, default_flow_style=False, width=10_000).rstrip()
+
+
+def _alive_nodes(address: str) -> list[dict]:
+    """Nodes from the state API (`ray list nodes`), alive ones only."""
+    answer = _http_json(f"{address}/api/v0/nodes?limit=10000&detail=false")
+    nodes = ((answer or {}).get("data") or {}).get("result", {}).get("result", [])
+    return [n for n in nodes if n.get("state") == "ALIVE"]
+
+
+def _node_local(location: str) -> bool:
+    if "://" in location and not location.startswith("file://"):
+        return False
+    path = os.path.realpath(location.removeprefix("file://"))
+    return path == "/tmp" or path.startswith("/tmp/")
+
+
+def _not_writable(location: str) -> str | None:
+    """Why `location` cannot be written (None if it can): create it, write and remove a probe.
+
+    Checked from where maectl runs: right for s3:// and for a folder mounted here and on the
+    cluster alike; a folder that exists only on the cluster's nodes cannot be checked here."""
+    import fsspec
+
+    options = {}
+    if location.startswith("s3://"):
+        # Fail in seconds, not after botocore's default retries.
+        options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 2}}
+    try:
+        fs, path = fsspec.core.url_to_fs(location, **options)
+        fs.makedirs(path, exist_ok=True)
+        probe = f"{path.rstrip('/')}/.maectl-write-probe-{uuid.uuid4().hex[:8]}"
+        with fs.open(probe, "wb") as f:
+            f.write(b"ok")
+        fs.rm(probe)
+    except Exception as err:  # noqa: BLE001 — permission, missing bucket, no credentials, ...
+        return scrub_text(f"{type(err).__name__}: {err}")[:300]
+    return None
