@@ -11,8 +11,9 @@ Measured side by side in one run, on the same JPEGs (generated here: photo-like,
    reading local shards and reading the same shards from an S3 server (moto on 127.0.0.1, or
    $MAECTL_S3_ENDPOINT), through s3fs.
 
-Cases take turns within each round, so a change in load on a shared machine hits all alike;
-figures are medians over the rounds.
+Per-core figures are images per CPU-second of the benchmark process (other load on a shared
+machine does not count), the cases taking turns every 32 images. Pipeline figures are wall-clock
+images/s after the first batch, the cases taking turns per round; medians over the rounds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -58,8 +60,13 @@ def write_imagefolder(root: Path, count: int, size: tuple[int, int], num_classes
 
 
 # -- 1. per-core decode + crop + flip --------------------------------------------------------------
+CHUNK = 32  # images per turn: the cases alternate this often
+
+
 def per_core(root: Path, img_size: int, rounds: int) -> dict[str, float]:
-    """images/s of each way, single-threaded, median over rounds."""
+    """Images per CPU-second of each way, single-threaded. CPU time (not wall time) of this
+    process, so other load on a shared machine does not count; the cases alternate every CHUNK
+    images so cache and frequency effects hit them alike."""
     import torch
     import torchvision
     from torchvision.transforms import v2
@@ -75,17 +82,25 @@ def per_core(root: Path, img_size: int, rounds: int) -> dict[str, float]:
     paths = [path for path, _ in baseline.samples]
     ours = {draft: SampleTransform(DataConfig(url="-", img_size=img_size, draft=draft), "pretrain") for draft in (True, False)}
 
-    def run_ours(draft: bool) -> None:
-        for path in paths:
-            with open(path, "rb") as f:
+    def run_ours(draft: bool, indices: range) -> None:
+        for i in indices:
+            with open(paths[i], "rb") as f:
                 ours[draft](f.read())
 
     cases = {
-        "torchvision ImageFolder": _timed(lambda: [baseline[i] for i in range(len(baseline))], len(paths)),
-        "ours, draft": _timed(lambda: run_ours(True), len(paths)),
-        "ours, no draft": _timed(lambda: run_ours(False), len(paths)),
+        "torchvision ImageFolder": lambda indices: [baseline[i] for i in indices],
+        "ours, draft": lambda indices: run_ours(True, indices),
+        "ours, no draft": lambda indices: run_ours(False, indices),
     }
-    return _rounds(cases, rounds)
+    seconds = dict.fromkeys(cases, 0.0)
+    for _ in range(rounds):
+        for first in range(0, len(paths), CHUNK):
+            indices = range(first, min(first + CHUNK, len(paths)))
+            for name, case in cases.items():
+                start = time.process_time()
+                case(indices)
+                seconds[name] += time.process_time() - start
+    return {name: rounds * len(paths) / spent for name, spent in seconds.items()}
 
 
 # -- 2. whole pipeline ---------------------------------------------------------------------------------
@@ -148,15 +163,6 @@ def _rounds(cases: dict, rounds: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
-def _timed(work, count: int):
-    """A case that runs `work` and returns count / seconds."""
-    def case() -> float:
-        start = time.perf_counter()
-        work()
-        return count / (time.perf_counter() - start)
-    return case
-
-
 # -- S3 server -------------------------------------------------------------------------------------------
 class S3ForBench:
     """$MAECTL_S3_ENDPOINT when set, else a moto server of our own for the duration."""
@@ -196,13 +202,13 @@ class S3ForBench:
 
 
 # -- reporting -------------------------------------------------------------------------------------------
-def print_table(title: str, rates: dict[str, float], baseline_prefix: str = "torchvision") -> None:
+def print_table(title: str, rates: dict[str, float], baseline_prefix: str = "torchvision", unit: str = "img/s") -> None:
     print(f"\n{title}")
     baselines = {name.split(", ")[-1]: rate for name, rate in rates.items() if name.startswith(baseline_prefix)}
     for name, rate in rates.items():
         reference = baselines.get(name.split(", ")[-1]) or next(iter(baselines.values()), None)
         ratio = f"{rate / reference:5.2f}x" if reference else ""
-        print(f"  {name:<42} {rate:8.1f} img/s  {ratio}")
+        print(f"  {name:<42} {rate:8.1f} {unit:<10} {ratio}", flush=True)
 
 
 def bench_loader(url: str, *, split: str, mode: str, img_size: int, batch_size: int, workers: list[int], batches: int,
@@ -225,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", default=f"0,{min(os.cpu_count() or 1, 8)}", help="DataLoader worker counts")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the moto server is stopped
     count, rounds = (256, 1) if args.quick else (args.images, args.rounds)
     workers = [int(w) for w in args.workers.split(",")]
 
@@ -241,9 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         mean_kb = statistics.mean(p.stat().st_size for p in (typical / "train").rglob("*.JPEG")) / 1e3
         print(f"inputs: {count} JPEGs of 500 x 375 (mean {mean_kb:.0f} KB), {count // 2} of 1024 x 768")
 
-        print_table("decode + RandomResizedCrop + flip, one core, 500x375 -> 224", per_core(typical, 224, rounds))
-        print_table("decode + RandomResizedCrop + flip, one core, 500x375 -> 112", per_core(typical, 112, rounds))
-        print_table("decode + RandomResizedCrop + flip, one core, 1024x768 -> 224", per_core(large, 224, rounds))
+        for folder, size, label in ((typical, 224, "500x375 -> 224"), (typical, 112, "500x375 -> 112"), (large, 224, "1024x768 -> 224")):
+            print_table(f"decode + RandomResizedCrop + flip, images per CPU-second, {label}", per_core(folder, size, rounds), unit="img/cpu-s")
 
         options = {"endpoint_url": endpoint}
         source = scan_split(str(typical), "train")

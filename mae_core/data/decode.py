@@ -53,14 +53,16 @@ def decode_view(image: Image.Image, view: View, out_size: int, *, draft: bool = 
         image.draft("RGB", (full_w // factor, full_h // factor))
     if image.mode != "RGB":
         image = image.convert("RGB")  # greyscale, CMYK and palette images; decodes as a side effect
-    pixels = torch.from_numpy(np.array(image))  # (H', W', 3), decoded here
+    pixels = np.asarray(image)  # (H', W', 3), decoded here; read-only
     y0, y1 = _scaled_span(view.top, view.height, full_h, pixels.shape[0])
     x0, x1 = _scaled_span(view.left, view.width, full_w, pixels.shape[1])
-    crop = pixels[y0:y1, x0:x1].permute(2, 0, 1).unsqueeze(0)  # (1, 3, h, w), channels-last strides
+    # A contiguous copy of just the crop: HWC memory is NCHW channels-last, the layout torch's
+    # uint8 antialiased resize is vectorised for.
+    crop = torch.from_numpy(np.array(pixels[y0:y1, x0:x1])).permute(2, 0, 1).unsqueeze(0)
     out = F.interpolate(crop, size=(out_size, out_size), mode="bicubic", antialias=True)
     if view.flip:
         out = out.flip(-1)
-    return out[0].contiguous()
+    return out[0]  # (3, S, S), channels-last strides; batching makes it contiguous
 
 
 def _scaled_span(start: int, length: int, full: int, decoded: int) -> tuple[int, int]:

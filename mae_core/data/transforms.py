@@ -1,6 +1,6 @@
 """Per-mode augmentation, split in two halves:
 
-- `SampleTransform`: encoded image bytes -> uint8 (3, S, S). Chooses the view (crop box + flip)
+- `SampleTransform`: encoded image bytes -> uint8 (3, S, S) (channels-last strides). Chooses the view (crop box + flip)
   from the image header, then decodes only what that view needs (see decode.py). Fine-tuning adds
   RandAugment here, on uint8.
 - `BatchTransform`: the stacked uint8 batch -> normalised float32, once per batch rather than per
@@ -113,7 +113,7 @@ class BatchTransform:
             self.erase = v2.RandomErasing(p=cfg.random_erasing, value="random")
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        out = images.to(torch.float32).sub_(self.offset).mul_(self.scale)
+        out = images.to(torch.float32, memory_format=torch.contiguous_format).sub_(self.offset).mul_(self.scale)
         if self.erase is not None:
             # One draw per image: RandomErasing on a batch would erase the same box in all of them.
             out = torch.stack([self.erase(image) for image in out])

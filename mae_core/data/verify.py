@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io as _io
+import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -121,8 +122,6 @@ def find_splits(root: str, storage_options: dict | None = None) -> list[str]:
         fs, path = io.filesystem(root, storage_options)
         names = [p.rsplit("/", 1)[-1] for p in fs.glob(path.rstrip("/") + "/*" + suffix)]
     else:
-        import os
-
         local = io.local_path(root)
         names = os.listdir(local) if os.path.isdir(local) else []
     return sorted(n[: -len(suffix)] for n in names if n.endswith(suffix))
