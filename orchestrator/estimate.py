@@ -93,8 +93,10 @@ class RunEstimate:
         return self.gpu_hours / self.gpus if self.gpus else None
 
 
-def estimate_run(run, resources, *, train_images: int | None, tflops_per_gpu: float = DEFAULT_TFLOPS_PER_GPU) -> RunEstimate:
-    """`run` a RunConfig, `resources` a Resources; `train_images` from the dataset manifest if known."""
+def estimate_run(run, resources, *, train_images: int | None, tflops_per_gpu: float = DEFAULT_TFLOPS_PER_GPU,
+                 images_source: str = "dataset manifest") -> RunEstimate:
+    """`run` a RunConfig, `resources` a Resources; `train_images` per epoch (from the dataset
+    manifest when readable; None assumes ImageNet-1K)."""
     c = run.model_config()
     if run.task == "pretrain":
         flops = pretrain_flops(c)
@@ -103,7 +105,8 @@ def estimate_run(run, resources, *, train_images: int | None, tflops_per_gpu: fl
         flops = classifier_flops(c)
         # A frozen encoder (linear probe) needs its forward pass only.
         train_per_image = flops.train if run.task == "finetune" else flops.forward
-    images_source = "dataset manifest" if train_images else "ImageNet-1K train (1,281,167 images; manifest not readable)"
+    if not train_images:
+        images_source = "ImageNet-1K train: the dataset manifest is not readable from here"
     per_epoch = train_images or IMAGENET_TRAIN_IMAGES
     images = float(per_epoch) * run.train.epochs
     return RunEstimate(flops, train_per_image, images, images_source, tflops_per_gpu, resources.gpus)

@@ -101,9 +101,13 @@ def _warn(message: str) -> None:
 class MLflowSink:
     """A mae_core MetricSink writing to one MLflow run."""
 
-    def __init__(self, client: MlflowClient, run_id: str, *, flush_every_s: float = 5.0, flush_at: int = 500):
+    def __init__(self, client: MlflowClient, run_id: str, *, flush_every_s: float = 5.0, flush_at: int = 500,
+                 logged_until: dict[str, int] | None = None):
         self.client, self.run_id = client, run_id
         self.flush_every_s, self.flush_at = flush_every_s, flush_at
+        # A resumed job replays the steps between its checkpoint and the interruption; the run
+        # already has them (the same values: resume is exact), so they are not sent twice.
+        self.logged_until = dict(logged_until or {})
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
         self._closed = False
@@ -112,7 +116,7 @@ class MLflowSink:
         stamp = int(time.time() * 1000)
         for key, value in metrics.items():
             value = float(value)
-            if math.isfinite(value):
+            if math.isfinite(value) and step > self.logged_until.get(key, -1):
                 self._buffer.append(Metric(key, value, stamp, int(step)))
         # An epoch's record ("epoch" key) comes just before the epoch-end checkpoint: sent now,
         # the metrics up to that checkpoint survive a kill (a resumed run re-logs only later steps).
@@ -185,6 +189,15 @@ def _tags(spec: dict) -> dict[str, str]:
     return {k: scrub_text(str(v))[:MAX_PARAM_VALUE] for k, v in tags.items()}
 
 
+def _last_steps(client: MlflowClient, run) -> dict[str, int]:
+    """Highest step logged per metric. A run's "latest" metrics are those at their highest step,
+    so these come with the run itself; fetching whole histories would be slow for long runs."""
+    latest = getattr(run.data, "_metric_objs", None)
+    if latest is not None:
+        return {m.key: m.step for m in latest}
+    return {key: max(m.step for m in client.get_metric_history(run.info.run_id, key)) for key in run.data.metrics}
+
+
 def open_run(spec: dict, output_dir: str) -> MLflowSink:
     """Create this job's run, or continue the one named in <output_dir>/mlflow_run_id."""
     tracking = spec["tracking"]
@@ -194,8 +207,11 @@ def open_run(spec: dict, output_dir: str) -> MLflowSink:
     client = MlflowClient(tracking_uri=uri)
     experiment_id = _experiment_id(client, tracking["experiment"])
     id_file = f"{output_dir.rstrip('/')}/{RUN_ID_FILE}"
-    run_id = _read_text(id_file)
+    # Training from scratch in an old output folder is a new run, not a continuation.
+    fresh = spec["resolved"].get("checkpoint", {}).get("resume") == "never"
+    run_id = None if fresh else _read_text(id_file)
     run = None
+    logged_until: dict[str, int] = {}
     if run_id:
         try:
             run = client.get_run(run_id)
@@ -214,6 +230,7 @@ def open_run(spec: dict, output_dir: str) -> MLflowSink:
         old = run.data.params
         new_params = {k: v for k, v in params.items() if k not in old}
         changed = {k: v for k, v in params.items() if k in old and old[k] != v}
+        logged_until = _last_steps(client, run)
         resumes = int(run.data.tags.get("resumes", "0")) + 1
         tags = {**tags, "resumes": str(resumes)}
         if changed:
@@ -222,7 +239,7 @@ def open_run(spec: dict, output_dir: str) -> MLflowSink:
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()][: _BATCH_LIMITS["tags"]], synchronous=True)
     for chunk in _chunks([Param(k, v) for k, v in new_params.items()], _BATCH_LIMITS["params"]):
         client.log_batch(run_id, params=chunk, synchronous=True)
-    sink = MLflowSink(client, run_id)
+    sink = MLflowSink(client, run_id, logged_until=logged_until)
     import yaml
 
     sink.log_text(yaml.safe_dump(scrub_tree(spec["resolved"]), sort_keys=False), "config/resolved.yaml")

@@ -82,3 +82,33 @@ def test_mlflow_round_trip_and_restart_continues_the_run(tmp_path, demo_shards, 
                             first.stdout, first.stderr, second.stdout, second.stderr, logs, status])
     assert_no_secrets(everything)
     assert SECRET_KEY not in everything and "alice:" + REDACTED in run.data.params["tracking.uri"]
+
+
+@pytest.mark.integration
+def test_resumed_sink_skips_replayed_steps_and_keeps_params(tmp_path, mlflow_tracking_uri):
+    """Between a checkpoint and a kill, steps are logged that the resumed job logs again."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.tracking import open_run
+
+    spec = {"handle": "local-unit01", "backend": "local", "experiment": "unit", "source": "jobs/unit.yaml", "overrides": [],
+            "submitted": {"user": "u", "git_commit": None}, "tracking": {"uri": mlflow_tracking_uri, "experiment": "maectl-unit-tests"},
+            "resolved": {"train": {"epochs": 1}, "checkpoint": {"resume": "auto"}}}
+    first = open_run(spec, str(tmp_path))
+    for step in range(1, 6):
+        first.log_metrics({"train/loss": 1.0 / step}, step)
+    first.close("KILLED")
+    spec["resolved"]["train"]["epochs"] = 2
+    again = open_run(spec, str(tmp_path))
+    assert again.run_id == first.run_id
+    for step in range(3, 8):  # resumed from a checkpoint at step 2
+        again.log_metrics({"train/loss": 1.0 / step}, step)
+    again.close()
+    client = MlflowClient(mlflow_tracking_uri)
+    assert [m.step for m in client.get_metric_history(first.run_id, "train/loss")] == [1, 2, 3, 4, 5, 6, 7]
+    run = client.get_run(first.run_id)
+    assert run.data.params["train.epochs"] == "1" and run.data.tags["params_changed_on_resume"] == "train.epochs"
+    spec["resolved"]["checkpoint"]["resume"] = "never"
+    fresh = open_run(spec, str(tmp_path))
+    assert fresh.run_id != first.run_id
+    fresh.close()

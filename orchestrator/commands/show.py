@@ -28,10 +28,17 @@ def run(args) -> int:
     print(yaml.safe_dump(scrub_tree(resolved.resolved_tree()), sort_keys=False, default_flow_style=None, width=120), end="")
     for note in resolved.notes:
         print(f"# {note}")
-    estimate = estimate_run(resolved.run, resolved.spec.resources, train_images=resolved.train_images,
+    images, source = resolved.train_images, "dataset manifest"
+    if images is None and resolved.uses_demo_data:
+        images, source = DEMO_TRAIN_IMAGES, "the built-in demo dataset, generated on first submit"
+    estimate = estimate_run(resolved.run, resolved.spec.resources, train_images=images, images_source=source,
                             tflops_per_gpu=args.tflops or DEFAULT_TFLOPS_PER_GPU)
     out.print(_estimate_table(resolved, estimate))
     return 0
+
+
+# build_demo_shards' defaults: 10 classes x 100 training images.
+DEMO_TRAIN_IMAGES = 1000
 
 
 def _flops(value: float) -> str:
