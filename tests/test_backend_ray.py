@@ -298,6 +298,9 @@ def test_cancel_stops_the_job_and_marks_the_run_killed(ray_job_env):
         assert time.monotonic() < deadline, _log(record)[-3000:]
         time.sleep(0.3)
     pids = {_pid_of(record, 0), _pid_of(record, 1)}
+    for pid in pids:  # the job's runtime_env reaches the Train workers, which Ray Train starts
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert f"MAECTL_JOB={record.handle}".encode() in environ
     started = time.monotonic()
     assert main(["cancel", record.handle]) == 0
     took = time.monotonic() - started
