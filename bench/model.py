@@ -261,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     cmd = "python -m bench.model " + " ".join(argv if argv is not None else sys.argv[1:])
     console.print(f"[bold]{cmd.strip()}[/]  warm-up {args.warmup}, timed {args.iters} (median), cases interleaved")
+    load_before = os.getloadavg()[0]
     results = []
     cases = _cases(args)
     for group in ("B", "L"):
@@ -306,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         memory = f", {slow['step_peak_bytes'] / fast['step_peak_bytes']:.2f}x less step memory"
     console.print(f"visible-only encoder: [bold]{speedup:.2f}x[/] faster wall clock, "
                   f"{flops_ratio:.2f}x fewer FLOPs (analytic){memory} (paper: 2.8x wall clock, 3.3x FLOPs)")
+    # Other work on a shared machine slows every case; interleaving keeps the ratios fair.
+    console.print(f"1-min load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, "
+                  f"on {os.cpu_count()} CPUs")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([{"spec": s, "result": r} for s, r in results], f, indent=1)

@@ -315,3 +315,12 @@ def test_config_is_plain_data():
     assert all(isinstance(v, (int, float, str, bool)) for v in d.values())
     with pytest.raises(ValueError):
         dataclasses.replace(c, mask_strategy="checkerboard")
+
+
+def test_bench_flops_ratio_of_the_visible_only_encoder():
+    """The paper's Table 1: the mask-token encoder costs ~3.3x the FLOPs at 75% masking."""
+    from bench.model import mae_forward_flops
+
+    large = model_config("mae_vit_large_patch16")
+    ratio = mae_forward_flops(dataclasses.replace(large, mask_token_in_encoder=True), 0.75) / mae_forward_flops(large, 0.75)
+    assert 3.1 < ratio < 3.4
