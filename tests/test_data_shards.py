@@ -205,3 +205,16 @@ def test_cli_help_does_not_import_torch_and_mae_core_data_stays_in_its_layer():
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split() == ["False", "False"]
     probe = ("import sys, mae_core.data; print(sorted(m for m in ('ray', 'submitit', 'mlflow', 'orchestrator') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_maxsize_caps_shard_bytes(imagefolder, tmp_path):
+    dest = tmp_path / "capped"
+    assert main(["data", "shard", str(imagefolder), str(dest), "--split", "train", "--maxsize", "8kB", "--workers", "1"]) == 0
+    manifest = read_manifest(str(dest), "train")
+    per_sample = [os.path.getsize(p) + 1536 for p in (imagefolder / "train").rglob("*.JPEG")]  # file + two tar headers
+    assert max(manifest.counts) <= 8000 // min(per_sample) and len(manifest.shards) >= sum(per_sample) // 8000
+
+
+def test_bench_command_reports_images_per_second(tiny_shards, capsys):
+    assert main(["data", "bench", str(tiny_shards), "--img-size", "16", "--batch-size", "4", "--workers", "0", "--batches", "3"]) == 0
+    assert "0 workers:" in capsys.readouterr().out
