@@ -40,8 +40,11 @@ def load_spec(path: str) -> dict:
         return yaml.safe_load(f)
 
 
-def run_job(spec: dict) -> int:
-    """Run one rank of the job described by `spec`; returns the process exit code."""
+def run_job(spec: dict, stop=None) -> int:
+    """Run one rank of the job described by `spec`; returns the process exit code.
+
+    `stop` (a mae_core StopFlag): a launcher that learns of a coming preemption (SLURM's warning
+    signal) sets it; the engine then checkpoints at the next step and the job exits with 3."""
     from mae_core.engine import JsonlSink, NonFiniteLoss, Preempted, RunConfig, load_run_config, train
     from mae_core.engine.checkpointing import CheckpointError
     from mae_core.engine.distributed import env_from_environ
@@ -73,7 +76,7 @@ def run_job(spec: dict) -> int:
 
     outcome, code = "FAILED", 1
     try:
-        summary = train(cfg, sink, env)
+        summary = train(cfg, sink, env, stop)
         outcome, code = "FINISHED", 0
         if env.is_main:
             _say(f"done: {summary.epochs_completed} epochs, {summary.final_step} steps; last checkpoint {summary.last_checkpoint}")
