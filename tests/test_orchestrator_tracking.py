@@ -4,6 +4,7 @@ a restarted job (same output_dir) continues the same run; no credentials anywher
 from __future__ import annotations
 
 import re
+import uuid
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,8 @@ def test_mlflow_round_trip_and_restart_continues_the_run(tmp_path, demo_shards, 
     uri_with_password = f"http://alice:{URI_PASSWORD}@{host}"
     env = clean_env(tmp_path)
     job = tiny_job(tmp_path, demo_shards, tracking=True)
-    first = maectl(["submit", job, f"tracking.uri={uri_with_password}", "--wait"], env, timeout=300)
+    experiment = f"tiny-test-job-{uuid.uuid4().hex[:8]}"  # the server outlives test sessions
+    first = maectl(["submit", job, f"tracking.uri={uri_with_password}", f"tracking.experiment={experiment}", "--wait"], env, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     handle = re.search(r"submitted (local-[0-9a-f]{6})", first.stdout)[1]
     output_dir = tmp_path / "out" / "tiny-test-job" / handle
@@ -48,7 +50,7 @@ def test_mlflow_round_trip_and_restart_continues_the_run(tmp_path, demo_shards, 
 
     client = MlflowClient(mlflow_tracking_uri)
     run = client.get_run(run_id)
-    assert client.get_experiment(run.info.experiment_id).name == "tiny-test-job"
+    assert client.get_experiment(run.info.experiment_id).name == experiment
     assert run.info.status == "FINISHED" and run.info.run_name == handle
     params, tags = run.data.params, run.data.tags
     assert params["model.name"] == "mae_vit_micro_patch4_32" and params["train.epochs"] == "1"
@@ -63,7 +65,8 @@ def test_mlflow_round_trip_and_restart_continues_the_run(tmp_path, demo_shards, 
 
     # Started again on the same output folder (a requeue, a restart): the checkpoint resumes at
     # step 8 and the same run continues from there.
-    second = maectl(["submit", job, f"tracking.uri={uri_with_password}", f"output_dir={output_dir}", "train.epochs=2", "--wait"], env, timeout=300)
+    second = maectl(["submit", job, f"tracking.uri={uri_with_password}", f"tracking.experiment={experiment}", f"output_dir={output_dir}",
+                     "train.epochs=2", "--wait"], env, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
     assert (output_dir / "mlflow_run_id").read_text().strip() == run_id
     run = client.get_run(run_id)
