@@ -118,3 +118,11 @@ def test_list_shows_experiments_and_jobs(tmp_path):
 def test_unknown_job_handle(tmp_path):
     result = maectl(["status", "local-nothere"], clean_env(tmp_path))
     assert result.returncode == 2 and "no job 'local-nothere'" in result.stderr
+
+
+def test_only_the_tracking_module_imports_mlflow():
+    import re
+
+    importers = [str(p.relative_to(PROJECT_ROOT)) for p in (PROJECT_ROOT / "orchestrator").rglob("*.py")
+                 if re.search(r"^\s*(import mlflow|from mlflow)", p.read_text(), re.MULTILINE)]
+    assert importers == ["orchestrator/tracking.py"]
