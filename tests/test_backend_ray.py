@@ -316,3 +316,20 @@ def test_cancel_stops_the_job_and_marks_the_run_killed(ray_job_env):
     assert len(runs) == 1 and runs[0].info.run_id == run_id_file.read_text().strip()
     assert runs[0].info.status == "KILLED"
     print(f"\n[ray] cancel: STOPPED -> cancelled in {took:.1f}s, MLflow run KILLED")
+
+
+@pytest.mark.integration
+def test_a_failing_job_ends_failed_after_its_retries(ray_job_env):
+    # Valid for maectl, fails on every rank at the same step, after rank 0 opened its MLflow run:
+    # a learning rate that makes the loss non-finite.
+    record = _submit([*ray_job_env["overrides"], "train.epochs=1", "optim.lr=1.0e+30", "optim.warmup_epochs=0",
+                      "ray.max_failures=1"])
+    status = _wait(record, {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}, timeout=150)
+    log = _log(record)
+    assert status.state == JobState.FAILED and status.exit_code == 1, log[-3000:]
+    assert status.message
+    assert log.count("ray worker rank 0/2") == 2, "max_failures=1: one start and one restart"
+    assert log.count("loss is nan") + log.count("loss is inf") >= 2
+    assert "failed after the allowed restarts (max_failures 1)" in log
+    _, runs = _mlflow_runs(ray_job_env["uri"], ray_job_env["experiment"])
+    assert len(runs) == 1 and runs[0].info.status == "FAILED"

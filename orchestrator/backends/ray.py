@@ -143,7 +143,9 @@ class RayBackend(Backend):
         share this shell's environment."""
         # Ray Train V2 sends workers' print() to its logger and, where Ray has wrapped stdout,
         # to stdout as well: every line of the job log would appear twice.
-        env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+        # Ray's log de-duplication merges lines that differ only in numbers across workers
+        # within 5 s: each rank's "rank N: pid P" line, say, and a rank-1 error behind rank 0's.
+        env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_DEDUP_LOGS": "0"}
         env.update({k: os.environ[k] for k in sorted(os.environ) if k.startswith(RAY_PASSED_ENV_PREFIXES)})
         env.update({"PYTHONUNBUFFERED": "1", "MAECTL_JOB": request.handle})
         env.update(request.env)
@@ -278,11 +280,12 @@ class RayBackend(Backend):
     def status(self, record) -> Status:
         info = _http_json(self._job_url(record))
         state = STATES.get(info.get("status"), JobState.UNKNOWN)
-        message = info.get("message") or None
-        if state == JobState.FAILED and message:
-            message = scrub_text(message.splitlines()[0])[:300]
-        elif state != JobState.FAILED:
-            message = None if state != JobState.CANCELLED else "stopped (ray job stop)"
+        message = None
+        if state == JobState.FAILED and info.get("message"):
+            # Ray's message ends with the log's tail; its first line says what ended the job.
+            message = scrub_text(info["message"].splitlines()[0])[:300]
+        elif state == JobState.CANCELLED:
+            message = "stopped (ray job stop)"
         return Status(state, info.get("driver_exit_code"), message)
 
     def logs(self, record, follow: bool = False) -> Iterator[str]:
