@@ -192,7 +192,10 @@ def refresh(record: JobRecord, store: JobStore) -> JobRecord:
         return store.update(record.handle, state=JobState.UNKNOWN, message=scrub_text(str(err)))
     if status.state == record.state and status.exit_code == record.exit_code:
         return record
-    return store.update(record.handle, state=status.state, exit_code=status.exit_code, message=status.message)
+    changes = {"state": status.state, "exit_code": status.exit_code, "message": status.message}
+    if status.finished_at and status.state.terminal:
+        changes["finished_at"] = status.finished_at
+    return store.update(record.handle, **changes)
 
 
 def find_job(store: JobStore, handle: str) -> JobRecord:

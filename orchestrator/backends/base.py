@@ -61,6 +61,7 @@ class Status:
     state: JobState
     exit_code: int | None = None
     message: str | None = None
+    finished_at: float | None = None  # when the job ended, if the backend knows (else: when first seen ended)
 
 
 class Backend(ABC):

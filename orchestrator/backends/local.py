@@ -112,12 +112,13 @@ class LocalBackend(Backend):
     def status(self, record) -> Status:
         exit_file = Path(record.job_dir) / EXIT_FILE
         if exit_file.exists():
-            code = json.loads(exit_file.read_text())["returncode"]
+            recorded = json.loads(exit_file.read_text())
+            code, ended = recorded["returncode"], recorded.get("finished_at")
             code = 128 - code if code < 0 else code
             if code == 0:
-                return Status(JobState.COMPLETED, 0, "done")
+                return Status(JobState.COMPLETED, 0, "done", ended)
             state = JobState.CANCELLED if record.cancel_requested else JobState.FAILED
-            return Status(state, code, EXIT_MEANINGS.get(code, f"exit code {code}"))
+            return Status(state, code, EXIT_MEANINGS.get(code, f"exit code {code}"), ended)
         if self._alive(record):
             return Status(JobState.RUNNING)
         if record.cancel_requested:
