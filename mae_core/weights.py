@@ -49,10 +49,12 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     resampled: list[str] = field(default_factory=list)
+    # Classifier head tensors whose class count differs: left as initialised, never loaded.
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def complete(self) -> bool:
-        return not self.missing and not self.unexpected
+        return not self.missing and not self.unexpected and not self.skipped
 
     def __str__(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors from {self.source}"]
@@ -62,6 +64,8 @@ class LoadReport:
             lines.append(f"unexpected ({len(self.unexpected)}, ignored): {_summarise(self.unexpected)}")
         for line in self.resampled:
             lines.append(f"resampled {line}")
+        for line in self.skipped:
+            lines.append(f"skipped {line}")
         return "\n".join(lines)
 
 
@@ -133,7 +137,7 @@ def _bare(model: nn.Module) -> nn.Module:
         model = inner
 
 
-def _filter(obj: object, model: nn.Module, source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+def _filter(obj: object, model: nn.Module, source: str) -> tuple[dict[str, torch.Tensor], list[str], list[str]]:
     state: dict[str, torch.Tensor] = {}
     for key, value in _unwrap(obj, source).items():
         name = _strip_wrappers(key)
@@ -141,8 +145,8 @@ def _filter(obj: object, model: nn.Module, source: str) -> tuple[dict[str, torch
             raise CheckpointFormatError(f"{source}: keys {key!r} and another both map to {name!r}")
         state[name] = value
     expected = _bare(model).state_dict()
-    resampled = []
-    for name, value in state.items():
+    resampled, skipped = [], []
+    for name, value in list(state.items()):
         if name not in expected or value.shape == expected[name].shape:
             continue  # keys the model lacks are kept and reported as unexpected
         want = expected[name].shape
@@ -157,11 +161,17 @@ def _filter(obj: object, model: nn.Module, source: str) -> tuple[dict[str, torch
             old = math.isqrt(value.shape[1] - 1)
             resampled.append(f"{name}: {old}x{old} -> {side}x{side} patches")
             continue
+        if name.split(".")[0] == "head":
+            # A fine-tuned checkpoint's head for another class count: start the head fresh, as
+            # the release's fine-tuning does, and say so.
+            del state[name]
+            skipped.append(f"{name}: {tuple(value.shape)} in the checkpoint, {tuple(want)} in the model")
+            continue
         raise CheckpointFormatError(
             f"{source}: {name!r} has shape {tuple(value.shape)} but the model expects {tuple(want)} "
             "(a different architecture or patch size?)"
         )
-    return state, resampled
+    return state, resampled, skipped
 
 
 def filter_state_dict(state_dict_or_ckpt: object, model: nn.Module, *, source: str = "<state dict>") -> dict:
@@ -169,7 +179,8 @@ def filter_state_dict(state_dict_or_ckpt: object, model: nn.Module, *, source: s
 
     Unwraps {"model": ...} / {"state_dict": ...}, strips `module.` / `_orig_mod.`, resamples
     `pos_embed` / `decoder_pos_embed` to the model's grid. Keys the model lacks are kept, so
-    load_state_dict reports them; any other shape mismatch raises CheckpointFormatError.
+    load_state_dict reports them; `head.*` tensors sized for another class count are left out
+    (`load_pretrained` reports them as skipped); any other shape mismatch raises CheckpointFormatError.
     """
     return _filter(state_dict_or_ckpt, model, source)[0]
 
@@ -185,14 +196,16 @@ def load_pretrained(model: nn.Module, path_or_dict: object, *, strict: bool = Fa
     else:
         source, obj = str(path_or_dict), _torch_load(path_or_dict)
     bare = _bare(model)
-    state, resampled = _filter(obj, bare, source)
+    state, resampled, skipped = _filter(obj, bare, source)
     expected = bare.state_dict()
+    skipped_keys = {line.split(":")[0] for line in skipped}
     report = LoadReport(
         source=source,
         loaded=[k for k in state if k in expected],
-        missing=[k for k in expected if k not in state],
+        missing=[k for k in expected if k not in state and k not in skipped_keys],
         unexpected=[k for k in state if k not in expected],
         resampled=resampled,
+        skipped=skipped,
     )
     if strict and not report.complete:
         raise CheckpointFormatError(f"{source}: strict load failed\n{report}")

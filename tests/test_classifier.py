@@ -6,7 +6,7 @@ import torch
 from mae_core import build_model
 from mae_core.models import ClassifierConfig, VisionTransformerClassifier, classifier_from_mae
 from mae_core.optim import layer_id, param_groups_lrd, param_groups_weight_decay
-from mae_core.weights import load_pretrained
+from mae_core.weights import CheckpointFormatError, load_pretrained
 
 MICRO = "mae_vit_micro_patch4_32"
 
@@ -31,6 +31,21 @@ def test_avg_pool_classifier_reports_fc_norm_missing_and_norm_unexpected():
     assert sorted(report.missing) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
     assert {"norm.weight", "norm.bias"} <= set(report.unexpected)
     assert "fc_norm.* (2)" in str(report)
+
+
+def test_finetuned_checkpoint_with_another_class_count_skips_the_head_loudly():
+    mae_config = build_model(MICRO).config
+    finetuned = classifier_from_mae(mae_config, num_classes=1000, global_pool="avg")
+    clf = classifier_from_mae(mae_config, num_classes=10, global_pool="avg")
+    head_before = clf.head.weight.clone()
+    report = load_pretrained(clf, {"model": finetuned.state_dict()})
+    assert not report.missing and not report.unexpected and not report.complete
+    assert [line.split(":")[0] for line in report.skipped] == ["head.weight", "head.bias"]
+    assert "skipped head.weight: (1000, 64) in the checkpoint, (10, 64) in the model" in str(report)
+    assert torch.equal(clf.head.weight, head_before)
+    torch.testing.assert_close(clf.fc_norm.weight, finetuned.fc_norm.weight)
+    with pytest.raises(CheckpointFormatError, match="skipped head"):
+        load_pretrained(clf, finetuned.state_dict(), strict=True)
 
 
 def test_drop_path_schedule_and_head_init():
