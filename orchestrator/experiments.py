@@ -24,6 +24,7 @@ import copy
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -178,6 +179,10 @@ def _construct_mapping(loader, node, deep=False):
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+# YAML 1.1 (PyYAML) reads `1e-3` as a string; learning rates are written that way. Read it, and
+# `1E+4`, `-2e5`, as numbers, as YAML 1.2 does.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def read_yaml(path: Path) -> dict:
@@ -269,7 +274,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if any(not p for p in parts):
         raise UsageError(f"override {item!r}: empty part in key {key!r}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else ""  # noqa: S506 — a SafeLoader subclass
     except yaml.YAMLError as err:
         raise UsageError(f"override {item!r}: value is not valid YAML ({getattr(err, 'problem', err)})") from None
     return parts, value

@@ -248,3 +248,10 @@ def test_run_sections_match_the_engine():
     from mae_core.engine import RunConfig
 
     assert set(experiments._RUN_SECTIONS) == {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def test_exponent_floats_read_as_numbers(jobs):
+    # PyYAML (YAML 1.1) would read 1e-3 as a string; learning rates are written that way.
+    write(jobs, "f.yaml", "extends: base/common.yaml\noptim: {base_lr: 3e-4}\n")
+    assert resolve("f").run.optim.base_lr == 3e-4
+    assert resolve("f", ["optim.base_lr=2e-3", "optim.min_lr=1E-6"]).run.optim.min_lr == 1e-6
