@@ -183,6 +183,9 @@ def _mlflow_runs(uri: str, experiment: str):
 @pytest.fixture
 def ray_job_env(ray_address, mlflow_tracking_uri, monkeypatch):
     """The stack's Ray head and MLflow; a fresh MLflow experiment, so runs can be counted."""
+    # Imported here, not first under a test's capsys: Ray's loggers keep the stream they found.
+    import ray.job_submission  # noqa: F401
+
     _only_env(monkeypatch, RAY_ADDRESS=ray_address, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.2")
     experiment = f"test-ray-{uuid.uuid4().hex[:8]}"
     return {"uri": mlflow_tracking_uri, "experiment": experiment,
@@ -205,7 +208,7 @@ def test_presubmit_checks_stop_before_the_cluster(ray_job_env, capsys, demo_shar
 
 
 @pytest.mark.integration
-def test_submit_runs_to_completion(ray_job_env, capsys):
+def test_submit_runs_to_completion(ray_job_env):
     started = time.monotonic()
     record = _submit([*ray_job_env["overrides"], "train.epochs=2"])
     assert time.monotonic() - started < 30, "submit must return once the cluster accepted the job"
@@ -321,15 +324,15 @@ def test_cancel_stops_the_job_and_marks_the_run_killed(ray_job_env):
 @pytest.mark.integration
 def test_a_failing_job_ends_failed_after_its_retries(ray_job_env):
     # Valid for maectl, fails on every rank at the same step, after rank 0 opened its MLflow run:
-    # a learning rate that makes the loss non-finite.
+    # a learning rate that makes the loss non-finite. (Restarts themselves: the kill test.)
     record = _submit([*ray_job_env["overrides"], "train.epochs=1", "optim.lr=1.0e+30", "optim.warmup_epochs=0",
-                      "ray.max_failures=1"])
+                      "ray.max_failures=0"])
     status = _wait(record, {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}, timeout=150)
     log = _log(record)
     assert status.state == JobState.FAILED and status.exit_code == 1, log[-3000:]
     assert status.message
-    assert log.count("ray worker rank 0/2") == 2, "max_failures=1: one start and one restart"
-    assert log.count("loss is nan") + log.count("loss is inf") >= 2
-    assert "failed after the allowed restarts (max_failures 1)" in log
+    assert log.count("ray worker rank 0/2") == 1, "max_failures=0: no restart"
+    assert "loss is nan" in log or "loss is inf" in log
+    assert "failed after the allowed restarts (max_failures 0)" in log
     _, runs = _mlflow_runs(ray_job_env["uri"], ray_job_env["experiment"])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
