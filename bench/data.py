@@ -224,21 +224,50 @@ def bench_loader(url: str, *, split: str, mode: str, img_size: int, batch_size: 
     return rates
 
 
+def run_per_core(typical: Path, large: Path, rounds: int) -> None:
+    for folder, size, label in ((typical, 224, "500x375 -> 224"), (typical, 112, "500x375 -> 112"), (large, 224, "1024x768 -> 224")):
+        rates = per_core(folder, size, rounds)
+        print_table(f"decode + RandomResizedCrop + flip, images per CPU-second, {label}", rates, unit="img/cpu-s")
+
+
+def run_pipeline(scratch: Path, typical: Path, endpoint: str, workers: list[int], count: int, rounds: int) -> None:
+    import s3fs
+    import torch
+
+    from mae_core.data.sources import scan_split
+    from mae_core.data.writer import ShardOptions, write_split
+
+    options = {"endpoint_url": endpoint}
+    source = scan_split(str(typical), "train")
+    maxcount = max(count // 8, 1)
+    write_split(source, str(scratch / "shards"), ShardOptions(maxcount=maxcount))
+    s3 = s3fs.S3FileSystem(endpoint_url=endpoint)
+    bucket = f"maectl-bench-{os.getpid()}"
+    s3.mkdir(bucket)
+    try:
+        s3_url = f"s3://{bucket}/typical"
+        write_split(source, s3_url, ShardOptions(maxcount=maxcount, storage_options=options))
+        torch.set_num_threads(1)  # the main process only batches; workers are the measured resource
+        rates = pipeline(typical, str(scratch / "shards"), s3_url, options, 224, workers, rounds)
+        print_table(f"whole pipeline to normalised batches of {PIPELINE_BATCH} at 224, 500x375 inputs, after the first batch", rates)
+    finally:
+        s3.rm(bucket, recursive=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer images and rounds (a smoke run)")
     parser.add_argument("--images", type=int, default=512, help="images per set")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", default=f"0,{min(os.cpu_count() or 1, 8)}", help="DataLoader worker counts")
+    parser.add_argument("--parts", default="per-core,pipeline", help="comma-separated: per-core, pipeline")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the moto server is stopped
     count, rounds = (256, 1) if args.quick else (args.images, args.rounds)
     workers = [int(w) for w in args.workers.split(",")]
+    parts = set(args.parts.split(","))
 
     import torch
-
-    from mae_core.data.sources import scan_split
-    from mae_core.data.writer import ShardOptions, write_split
 
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {count} images per set, {rounds} rounds")
     with tempfile.TemporaryDirectory() as scratch, S3ForBench() as endpoint:
@@ -247,24 +276,10 @@ def main(argv: list[str] | None = None) -> int:
         large = write_imagefolder(scratch / "large", count // 2, (1024, 768), seed=1)
         mean_kb = statistics.mean(p.stat().st_size for p in (typical / "train").rglob("*.JPEG")) / 1e3
         print(f"inputs: {count} JPEGs of 500 x 375 (mean {mean_kb:.0f} KB), {count // 2} of 1024 x 768")
-
-        for folder, size, label in ((typical, 224, "500x375 -> 224"), (typical, 112, "500x375 -> 112"), (large, 224, "1024x768 -> 224")):
-            print_table(f"decode + RandomResizedCrop + flip, images per CPU-second, {label}", per_core(folder, size, rounds), unit="img/cpu-s")
-
-        options = {"endpoint_url": endpoint}
-        source = scan_split(str(typical), "train")
-        maxcount = max(count // 8, 1)
-        write_split(source, str(scratch / "shards"), ShardOptions(maxcount=maxcount))
-        bucket = f"maectl-bench-{os.getpid()}"
-        import s3fs
-
-        s3fs.S3FileSystem(endpoint_url=endpoint).mkdir(bucket)
-        s3_url = f"s3://{bucket}/typical"
-        write_split(source, s3_url, ShardOptions(maxcount=maxcount, storage_options=options))
-        torch.set_num_threads(1)  # the main process only batches; workers are the measured resource
-        rates = pipeline(typical, str(scratch / "shards"), s3_url, options, 224, workers, rounds)
-        print_table(f"whole pipeline to normalised batches of {PIPELINE_BATCH} at 224, 500x375 inputs, after the first batch", rates)
-        s3fs.S3FileSystem(endpoint_url=endpoint).rm(bucket, recursive=True)
+        if "per-core" in parts:
+            run_per_core(typical, large, rounds)
+        if "pipeline" in parts:
+            run_pipeline(scratch, typical, endpoint, workers, count, rounds)
     return 0
 
 
