@@ -247,15 +247,18 @@ def open_run(spec: dict, output_dir: str) -> MLflowSink:
 
 
 
-def end_run_if_running(spec: dict, output_dir: str, status: str) -> str | None:
-    """Mark this job's run (from <output_dir>/mlflow_run_id) `status` if it is still RUNNING.
+def end_run_if_running(spec: dict, output_dir: str, status: str, replace: tuple[str, ...] = ("RUNNING",)) -> str | None:
+    """Mark this job's run (from <output_dir>/mlflow_run_id) `status` if it is still RUNNING
+    (or in another of the `replace` statuses).
 
     For launchers whose ranks can be killed without closing their run (Ray Train tears a worker
-    group down with SIGKILL): called once the job as a whole has failed or been stopped."""
+    group down with SIGKILL): called once the job as a whole has failed or been stopped. A SLURM
+    cancel kills a task's DataLoader workers first, so rank 0 may have closed the run FAILED just
+    before: `replace=("RUNNING", "FAILED")` makes it KILLED."""
     run_id = _read_text(f"{output_dir.rstrip('/')}/{RUN_ID_FILE}")
     if not run_id:
         return None
     client = MlflowClient(tracking_uri=spec["tracking"]["uri"])
-    if client.get_run(run_id).info.status == "RUNNING":
+    if client.get_run(run_id).info.status in replace:
         client.set_terminated(run_id, status=status)
     return run_id

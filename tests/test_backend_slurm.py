@@ -110,6 +110,7 @@ def test_dry_run_gpu_multinode_golden(capsys, monkeypatch):
 @pytest.mark.parametrize("overrides, key", [
     (["resources.sbatch_options.partition=gpu"], "resources.sbatch_options.partition"),
     (["resources.time_limit_min=null"], "resources.time_limit_min"),
+    (["resources.time_limit_min=2"], "slurm.signal_delay_s"),  # the 120 s warning would come at once
     (["resources.nodes=2"], "output_dir"),  # the output root is under /tmp: node-local
     (["resources.nodes=2", "slurm.job_folder=/tmp/maectl-jobs", "output_dir=/shared/x"], "slurm.job_folder"),
 ])
@@ -328,18 +329,22 @@ def test_bad_partition_exit_2_nothing_submitted(slurm_job_env, capsys):
 
 @pytest.mark.integration
 def test_two_task_job_runs_to_completed(slurm_job_env):
-    started = time.monotonic()
+    started, submitted_at = time.monotonic(), time.time()
     record = _submit([*slurm_job_env["overrides"], "train.max_steps=4"])
     assert record.state == JobState.PENDING and record.native_id.isdigit()
     assert record.log_path.endswith(f"/slurm/{record.native_id}_0_log.out")
-    status = _wait(record, END_STATES, timeout=150)
-    log = _log(record)
+    # Follow mode: waits in the queue, streams rank 0's log, returns when the job has ended.
+    log = "".join(SlurmBackend().logs(record, follow=True))
+    status = _wait(record, END_STATES, timeout=30)
     assert status.state == JobState.COMPLETED, log[-3000:]
+    assert log.rstrip().endswith("Exiting after successful completion"), log[-1000:]
     assert "2 task(s) on 1 node(s)" in log and "2 rank(s)" in log and "done: 0 epochs, 4 steps" in log
     assert _checkpoint_steps(record.output_dir) == [2, 4] and max(_metric_steps(record.output_dir)) == 4
     # maectl's store follows SLURM (through accounting once the controller forgets the job).
     assert main(["status", record.handle]) == 0
-    assert _records()[0].state == JobState.COMPLETED
+    stored = _records()[0]
+    assert stored.state == JobState.COMPLETED and stored.exit_code == 0
+    assert submitted_at - 1 <= stored.finished_at <= time.time() + 1  # SLURM's EndTime (whole seconds)
     client, runs = _mlflow_runs(slurm_job_env["uri"], slurm_job_env["experiment"])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     print(f"\n[slurm] 2-task job: {time.monotonic() - started:.1f}s from submit to COMPLETED")
@@ -349,13 +354,17 @@ def test_two_task_job_runs_to_completed(slurm_job_env):
 def test_requeue_and_preemption_resume_one_mlflow_run(slurm_job_env):
     """`scontrol requeue` (no checkpoint() call: resume from the checkpoint on disk), then USR2
     (submitit's preemption path: the engine checkpoints, checkpoint() is called, the job requeues)."""
-    final = 14
+    final = 10
     started = time.monotonic()
     record = _submit([*slurm_job_env["overrides"], f"train.max_steps={final}", "slurm.max_requeues=2"])
     events = []
 
-    # 1. An external requeue, once a checkpoint exists.
+    # 1. An external requeue, between two checkpoints: the steps since the last one are lost.
     checkpoint = _wait_checkpoint_after(record, 0)
+    deadline = time.monotonic() + 60
+    while max(_metric_steps(record.output_dir)) <= checkpoint:
+        assert time.monotonic() < deadline, _log(record)[-3000:]
+        time.sleep(0.1)
     events.append({"how": "scontrol requeue", "step_at": max(_metric_steps(record.output_dir)), "checkpoint": checkpoint})
     subprocess.run(["scontrol", "requeue", record.native_id], check=True, capture_output=True)
     _release_requeued(record, restarts=1)
@@ -417,7 +426,7 @@ def _wait_resumes(record, count: int, timeout: float = 90) -> list[tuple[int, in
 def test_cancel_shows_cancelled_and_ends_the_mlflow_run(slurm_job_env):
     record = _submit([*slurm_job_env["overrides"], "train.max_steps=500"])
     deadline = time.monotonic() + 90
-    while not _metric_steps(record.output_dir):  # training, with its MLflow run open
+    while not (Path(record.output_dir) / "mlflow_run_id").exists():  # started, with its MLflow run open
         assert time.monotonic() < deadline, _log(record)[-3000:]
         time.sleep(0.3)
     started = time.monotonic()

@@ -298,6 +298,10 @@ def executor_parameters(request: LaunchRequest) -> dict:
     if res.time_limit_min is None:
         raise request.experiment.locator.error(
             "resources.time_limit_min", "is required on SLURM: submitit tells a time-out from a preemption by it (set the partition's limit or less)")
+    if slurm.signal_delay_s >= res.time_limit_min * 60:
+        raise request.experiment.locator.error(
+            "slurm.signal_delay_s", f"{slurm.signal_delay_s} s is not shorter than the time limit ({res.time_limit_min} min): "
+                                    f"the warning would come at once")
     additional = {"requeue": True}  # preemption and time-limit requeues need a requeueable job, whatever the site's default
     for key, value in res.sbatch_options.items():
         if value is False or value is None:
@@ -371,15 +375,25 @@ def _scontrol_job(job_id: str) -> dict[str, str] | None:
 
 def _sacct_job(job_id: str) -> dict[str, str] | None:
     """The job's allocation line from accounting (its latest run), None if accounting has none."""
-    result = subprocess.run(["sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", "State,ExitCode,Reason"],
+    result = subprocess.run(["sacct", "-X", "-n", "-P", "-j", str(job_id), "-o", "State,ExitCode,Reason,End"],
                             capture_output=True, text=True, timeout=30)
     if result.returncode != 0:
         raise RuntimeError(f"sacct failed: {result.stderr.strip()}")
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     if not lines:
         return None
-    state, exit_code, reason = (lines[-1].split("|") + ["", ""])[:3]
-    return {"JobState": state, "ExitCode": exit_code, "Reason": reason}
+    state, exit_code, reason, end = (lines[-1].split("|") + ["", "", ""])[:4]
+    return {"JobState": state, "ExitCode": exit_code, "Reason": reason, "EndTime": end}
+
+
+def _timestamp(text: str | None) -> float | None:
+    """SLURM's local "2026-11-27T21:14:45" -> epoch seconds; None for "Unknown", "None", ""."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(text).timestamp() if text else None
+    except ValueError:
+        return None
 
 
 def native_status(job_id: str) -> Status:
@@ -388,8 +402,11 @@ def native_status(job_id: str) -> Status:
         return Status(JobState.UNKNOWN, None, f"SLURM has no job {job_id} (neither scontrol nor sacct knows it)")
     exit_text = info.get("ExitCode", "")
     exit_code = int(exit_text.split(":")[0]) if exit_text[:1].isdigit() else None
-    return map_state(info.get("JobState", ""), restarts=int(info.get("Restarts") or 0), reason=info.get("Reason"),
-                     exit_code=exit_code)
+    status = map_state(info.get("JobState", ""), restarts=int(info.get("Restarts") or 0), reason=info.get("Reason"),
+                       exit_code=exit_code)
+    if status.state.terminal:  # before that, EndTime is the time limit's projection
+        status.finished_at = _timestamp(info.get("EndTime"))
+    return status
 
 
 def _is_node_local(path: str) -> bool:
@@ -536,7 +553,7 @@ class SlurmBackend(Backend):
     def status(self, record) -> Status:
         status = native_status(record.native_id)
         if status.state == JobState.FAILED and record.cancel_requested:
-            status = Status(JobState.CANCELLED, status.exit_code, status.message)
+            status = Status(JobState.CANCELLED, status.exit_code, status.message, status.finished_at)
         if status.state in (JobState.FAILED, JobState.CANCELLED):
             self._end_mlflow_run(record, "KILLED" if status.state == JobState.CANCELLED else "FAILED")
         return status
@@ -553,7 +570,9 @@ class SlurmBackend(Backend):
             from ..tracking import end_run_if_running
 
             spec = load_spec(spec_path)
-            end_run_if_running(spec, spec["resolved"]["output_dir"], outcome)
+            # Killed by a cancel, rank 0 may have seen its DataLoader workers die first and closed the run FAILED.
+            replace = ("RUNNING", "FAILED") if outcome == "KILLED" else ("RUNNING",)
+            end_run_if_running(spec, spec["resolved"]["output_dir"], outcome, replace=replace)
         except Exception as err:  # noqa: BLE001 — the job's state matters more than its run's
             print(f"maectl: could not mark the MLflow run {outcome}: {scrub_text(str(err))}", file=sys.stderr)
 
