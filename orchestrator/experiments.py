@@ -31,11 +31,9 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from mae_core.structured import ConfigError, from_dict, to_dict
-
 from . import locations
 from .errors import UsageError
-from .resources import Resources
+from .resources import Resources, config_error
 
 HANDLE_PLACEHOLDER = "<handle>"
 BUILTIN_DEMO_DATA = "builtin:demo"
@@ -72,7 +70,7 @@ class RayConfig:
 
     def __post_init__(self):
         if self.max_failures < -1:
-            raise ConfigError("max_failures", f"must be >= 0 (or -1 for unlimited), got {self.max_failures}")
+            raise config_error("max_failures", f"must be >= 0 (or -1 for unlimited), got {self.max_failures}")
 
 
 @dataclass(kw_only=True)
@@ -87,9 +85,9 @@ class SlurmConfig:
 
     def __post_init__(self):
         if self.max_requeues < 0:
-            raise ConfigError("max_requeues", f"must be >= 0, got {self.max_requeues}")
+            raise config_error("max_requeues", f"must be >= 0, got {self.max_requeues}")
         if self.signal_delay_s < 0:
-            raise ConfigError("signal_delay_s", f"must be >= 0, got {self.signal_delay_s}")
+            raise config_error("signal_delay_s", f"must be >= 0, got {self.signal_delay_s}")
 
 
 @dataclass(kw_only=True)
@@ -106,7 +104,7 @@ class ExperimentSpec:
 
     def __post_init__(self):
         if self.global_batch is not None and self.global_batch < 1:
-            raise ConfigError("global_batch", f"must be >= 1, got {self.global_batch}")
+            raise config_error("global_batch", f"must be >= 1, got {self.global_batch}")
 
 
 _SPEC_SECTIONS = tuple(f.name for f in dataclasses.fields(ExperimentSpec))
@@ -318,6 +316,8 @@ class ResolvedExperiment:
 
     def resolved_tree(self) -> dict:
         """Everything that will run: maectl's sections then the run sections, all defaults filled."""
+        from mae_core.structured import to_dict
+
         return {"experiment": self.name, **to_dict(self.spec), **self.run.to_dict()}
 
     @property
@@ -357,7 +357,8 @@ class _Locator:
             return ExperimentError(origin, key, message, f"inherited by {self.source}")
         return ExperimentError(origin, key, message)
 
-    def from_config_error(self, err: ConfigError) -> ExperimentError:
+    def from_config_error(self, err) -> ExperimentError:
+        """`err`: a mae_core.structured.ConfigError."""
         key = err.key
         message = str(err)[len(key) + 2 :] if key else str(err)
         # Some checks report the section ("model: mask_ratio must be ..."): point at the field.
@@ -390,6 +391,7 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: s
     if backend is not None:
         _merge(tree.data, {"backend": backend}, tree.origins, lambda p: "command line (--backend)")
     where = _Locator(tree, path)
+    from mae_core.structured import ConfigError, from_dict  # loads torch: not needed by list/status/logs
     output_root = output_root or locations.output_root()
 
     for key in tree.data:

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mae_core.structured import ConfigError
+
+def config_error(key: str, message: str) -> Exception:
+    """mae_core's ConfigError (naming the dotted key), imported only when there is an error:
+    importing mae_core loads torch, which `maectl list/status/logs/cancel` must not wait for."""
+    from mae_core.structured import ConfigError
+
+    return ConfigError(key, message)
 
 
 @dataclass(kw_only=True)
@@ -29,16 +35,16 @@ class Resources:
         for name in ("nodes", "tasks_per_node", "cpus_per_task", "time_limit_min"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigError(name, f"must be >= 1, got {value}")
+                raise config_error(name, f"must be >= 1, got {value}")
         if self.gpus_per_node < 0:
-            raise ConfigError("gpus_per_node", f"must be >= 0, got {self.gpus_per_node}")
+            raise config_error("gpus_per_node", f"must be >= 0, got {self.gpus_per_node}")
         if self.mem_gb is not None and self.mem_gb <= 0:
-            raise ConfigError("mem_gb", f"must be > 0, got {self.mem_gb}")
+            raise config_error("mem_gb", f"must be > 0, got {self.mem_gb}")
         if self.gpus_per_node and self.tasks_per_node not in (None, self.gpus_per_node):
-            raise ConfigError("tasks_per_node", f"is {self.tasks_per_node} but gpus_per_node is {self.gpus_per_node}: maectl runs one task per GPU")
+            raise config_error("tasks_per_node", f"is {self.tasks_per_node} but gpus_per_node is {self.gpus_per_node}: maectl runs one task per GPU")
         for key, value in self.sbatch_options.items():
             if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
-                raise ConfigError(f"sbatch_options.{key}", f"expected a string, number or true/false, got {value!r}")
+                raise config_error(f"sbatch_options.{key}", f"expected a string, number or true/false, got {value!r}")
 
     @property
     def ranks_per_node(self) -> int:

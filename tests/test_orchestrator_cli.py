@@ -126,3 +126,12 @@ def test_only_the_tracking_module_imports_mlflow():
     importers = [str(p.relative_to(PROJECT_ROOT)) for p in (PROJECT_ROOT / "orchestrator").rglob("*.py")
                  if re.search(r"^\s*(import mlflow|from mlflow)", p.read_text(), re.MULTILINE)]
     assert importers == ["orchestrator/tracking.py"]
+
+
+def test_job_commands_do_not_load_torch(tmp_path):
+    """list/status/logs/cancel answer in well under a second: they never import torch or mlflow."""
+    code = ("import sys; from orchestrator.cli import main; main(['list']); main(['status', 'local-none']); "
+            "print(sorted(m for m in ('torch', 'mlflow', 'ray', 'mae_core') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=clean_env(tmp_path), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
