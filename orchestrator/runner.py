@@ -47,6 +47,7 @@ def run_job(spec: dict, stop=None) -> int:
     signal) sets it; the engine then checkpoints at the next step and the job exits with 3."""
     from mae_core.engine import JsonlSink, NonFiniteLoss, Preempted, RunConfig, load_run_config, train
     from mae_core.engine.checkpointing import CheckpointError
+    from mae_core.data import DataError
     from mae_core.engine.distributed import env_from_environ
     from mae_core.structured import ConfigError
 
@@ -86,7 +87,7 @@ def run_job(spec: dict, stop=None) -> int:
     except NonFiniteLoss as err:
         code = 4
         print(f"error: {err}", file=sys.stderr, flush=True)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, DataError, ValueError, FileNotFoundError) as err:
         code = 2
         print(f"error: {scrub_text(str(err))}", file=sys.stderr, flush=True)
     except JobTerminated:
