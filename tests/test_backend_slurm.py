@@ -109,6 +109,7 @@ def test_dry_run_gpu_multinode_golden(capsys, monkeypatch):
 
 @pytest.mark.parametrize("overrides, key", [
     (["resources.sbatch_options.partition=gpu"], "resources.sbatch_options.partition"),
+    (["resources.sbatch_options.cpus_per_task=4"], "resources.sbatch_options.cpus_per_task"),
     (["resources.time_limit_min=null"], "resources.time_limit_min"),
     (["resources.time_limit_min=2"], "slurm.signal_delay_s"),  # the 120 s warning would come at once
     (["resources.nodes=2"], "output_dir"),  # the output root is under /tmp: node-local
@@ -217,6 +218,25 @@ def test_task_refuses_to_run_past_the_requeue_bound(monkeypatch, capsys):
         SlurmTask("/nonexistent/job.yaml", {}, max_requeues=3)()
     assert exited.value.code == slurm.EXIT_TOO_MANY_REQUEUES
     assert "slurm.max_requeues is 3" in capsys.readouterr().out
+
+
+def test_rank_0_stops_for_good_when_submitit_may_not_requeue(monkeypatch, capsys):
+    """At the bound, checkpoint() returns None and submitit's handler raises instead of
+    requeueing: the task ends with its own exit code (a clear state), not a traceback."""
+    from submitit.core.utils import UncompletedJobError
+
+    installed = {}
+    monkeypatch.setattr(slurm.signal, "signal", lambda signum, handler: installed.__setitem__(signum, handler))
+
+    def submitit_handler(signum, frame):
+        raise UncompletedJobError("Job not requeued because: checkpoint function returned None.")
+
+    with pytest.raises(SystemExit) as exited:
+        SlurmTask._requeue(0, slurm.signal.SIGUSR2, submitit_handler)
+    assert exited.value.code == slurm.EXIT_TOO_MANY_REQUEUES
+    assert "checkpoint function returned None" in capsys.readouterr().out
+    assert installed[slurm.signal.SIGTERM] == slurm.signal.SIG_IGN  # the requeue's SIGTERM may not cut it short
+    assert map_state("FAILED", exit_code=slurm.EXIT_TOO_MANY_REQUEUES).message == "restarted more often than slurm.max_requeues allows"
 
 
 # -- against the stack's SLURM -------------------------------------------------------------------

@@ -200,7 +200,13 @@ class SlurmTask:
         signal.signal(warning_signal, submitit_handler)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue's own SIGTERM must not cut it short
         # checkpoint(), then `scontrol requeue`, then exit; UncompletedJobError when it may not.
-        submitit_handler(warning_signal, None)
+        from submitit.core.utils import UncompletedJobError
+
+        try:
+            submitit_handler(warning_signal, None)
+        except UncompletedJobError as err:
+            _say(f"stopping for good: {err}")
+            raise SystemExit(EXIT_TOO_MANY_REQUEUES) from None
 
     def checkpoint(self, *args, **kwargs):
         """submitit's hook on the warning signal: what to run when the job runs again."""
@@ -426,8 +432,9 @@ class SlurmBackend(Backend):
     def check(self, request: LaunchRequest) -> None:
         where = request.experiment.locator
         for key in request.resources.sbatch_options:
-            if key.lstrip("-") in OWNED_SBATCH_OPTIONS:
-                owner = OWNED_SBATCH_OPTIONS[key.lstrip("-")]
+            name = key.lstrip("-").replace("_", "-")  # submitit writes `cpus_per_task` as --cpus-per-task
+            if name in OWNED_SBATCH_OPTIONS:
+                owner = OWNED_SBATCH_OPTIONS[name]
                 raise where.error(f"resources.sbatch_options.{key}",
                                   f"set {owner} instead" if owner else "is set by maectl/submitit and cannot be overridden")
         executor_parameters(request)  # time limit present
