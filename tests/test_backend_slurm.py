@@ -121,6 +121,15 @@ def test_static_checks_name_the_key(capsys, monkeypatch, overrides, key):
     assert f": {key}:" in capsys.readouterr().err
 
 
+def test_site_template_slurm_block_is_what_the_backend_reads():
+    from mae_core.structured import from_dict
+    from orchestrator.experiments import SlurmConfig
+
+    site = yaml.safe_load((PROJECT_ROOT / "infra" / "templates" / "slurm" / "site.yaml").read_text())
+    config = from_dict(SlurmConfig, site["slurm"])
+    assert config.job_folder and config.setup and config.max_requeues == 3
+
+
 FAKE_SINFO = """\
 cpu*|c1|64|256000|(null)|(null)|2-00:00:00
 cpu*|c2|64|256000|(null)|(null)|2-00:00:00
