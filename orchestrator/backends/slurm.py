@@ -224,7 +224,6 @@ class SlurmTask:
 @dataclass
 class NodeOffer:
     name: str
-    partitions: list[str]
     cpus: int
     memory_mb: int
     gpus: int
@@ -272,7 +271,7 @@ def parse_sinfo(text: str) -> dict[str, PartitionOffer]:
         default = name.endswith("*")
         name = name.rstrip("*")
         part = partitions.setdefault(name, PartitionOffer(name, default, _minutes(limit), []))
-        part.nodes.append(NodeOffer(node, [name], int(cpus.rstrip("+") or 0), int(re.sub(r"\D.*", "", mem) or 0), _gpu_count(gres),
+        part.nodes.append(NodeOffer(node, int(cpus.rstrip("+") or 0), int(re.sub(r"\D.*", "", mem) or 0), _gpu_count(gres),
                                     {f for f in features.split(",") if f and f != "(null)"}))
     return partitions
 
@@ -584,6 +583,8 @@ class SlurmBackend(Backend):
             print(f"maectl: could not mark the MLflow run {outcome}: {scrub_text(str(err))}", file=sys.stderr)
 
     def logs(self, record, follow: bool = False) -> Iterator[str]:
+        if not record.log_path:
+            return  # the launch failed before sbatch gave an id
         path = Path(record.log_path)
         status_every_s, next_status = 2.0, 0.0  # scontrol is cheap, but not at 4 calls a second
 
