@@ -1,6 +1,25 @@
-"""MAE core: model, masking, data, training engines. Knows nothing of Ray, SLURM or MLflow."""
+"""MAE core: model, masking, data, training engines. Knows nothing of Ray, SLURM or MLflow.
 
-from .models import MAEConfig, MaskedAutoencoderViT, build_model, list_models, model_config
+The public names are resolved lazily (PEP 562), so that importing a light submodule such as
+`mae_core.structured` does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = ["MAEConfig", "MaskedAutoencoderViT", "build_model", "list_models", "model_config", "__version__"]
+_EXPORTS = {name: ".models" for name in ("MAEConfig", "MaskedAutoencoderViT", "build_model", "list_models", "model_config")}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -126,3 +126,17 @@ def test_empty_dataset_is_refused_before_training(demo_shards, tmp_path):
     with pytest.raises(DataError, match="fewer than one batch"):
         train(load_run_config(cfg))
     assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").glob("checkpoint-*.pt"))
+
+
+def test_fine_tune_without_weights_is_refused_before_training(demo_shards, tmp_path):
+    from mae_core.structured import ConfigError
+
+    cfg = load_run_config({
+        "task": "finetune", "output_dir": str(tmp_path), "model": {"name": "mae_vit_micro_patch4_32"},
+        "data": {"url": demo_shards, "img_size": 32, "batch_size": 16, "num_workers": 0},
+        "finetune": {"num_classes": 10},
+    })
+    with pytest.raises(ConfigError) as info:
+        train(cfg)
+    assert info.value.key == "checkpoint.init_from"
+    assert not list(tmp_path.glob("checkpoints/checkpoint-*.pt"))

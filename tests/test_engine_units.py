@@ -35,7 +35,7 @@ def test_valid_config_round_trips():
         ({"optim": {"name": "adam"}}, "optim.name", "did you mean 'adamw'"),
         ({"optim": {"weight_decay": -1}}, "optim.weight_decay", ">= 0"),
         ({"model": {"name": "mae_vit_base_patch61"}}, "model.name", "did you mean"),
-        ({"model": {"name": "mae_vit_micro_patch4_32", "mask_ratoi": 0.5}}, "model.mask_ratoi", "did you mean 'mask_ratio'"),
+        ({"model": {"name": "mae_vit_micro_patch4_32", "mask_ratoi": 0.5}}, "model.mask_ratoi", "did you mean 'model.mask_ratio'"),
         ({"task": "pretrian"}, "task", "did you mean 'pretrain'"),
     ],
 )

@@ -12,10 +12,12 @@ A run config (YAML) has the sections below; `load_run_config` validates it stric
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ..data import DataConfig
+from ..models.mae import MAEConfig
 from ..models.registry import model_config
 from ..structured import ConfigError, from_dict, to_dict
 
@@ -123,17 +125,18 @@ class RunConfig:
         if "name" not in self.model:
             raise ConfigError("model.name", "is required")
         overrides = {k: v for k, v in self.model.items() if k != "name"}
+        known = {f.name for f in dataclasses.fields(MAEConfig)}
+        for key in overrides:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                raise ConfigError(f"model.{key}", "unknown model argument" + (f"; did you mean 'model.{close[0]}'?" if close else ""))
         try:
             model_config(self.model["name"], **overrides)
         except KeyError as err:
             raise ConfigError("model.name", str(err).strip("'\"")) from None
-        except TypeError as err:
-            bad = next((k for k in overrides if k in str(err)), "")
-            raise ConfigError(f"model.{bad}" if bad else "model", str(err)) from None
-        except ValueError as err:
-            raise ConfigError("model", str(err)) from None
-        if self.task in ("finetune", "linprobe") and not self.checkpoint.init_from and self.checkpoint.resume == "never":
-            raise ConfigError("checkpoint.init_from", f"a {self.task} run needs pretrained weights")
+        except (TypeError, ValueError) as err:
+            first_word = str(err).split(" ", 1)[0]
+            raise ConfigError(f"model.{first_word}" if first_word in known else "model", str(err)) from None
 
     def model_config(self):
         return model_config(self.model["name"], **{k: v for k, v in self.model.items() if k != "name"})

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .checkpointing import CheckpointError, CheckpointManager, load_checkpoint
+from ..structured import ConfigError
 from .config import RunConfig
 from .distributed import (
     DistEnv,
@@ -198,6 +199,8 @@ class _Trainer:
         scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
 
         pos, resumed_from = Position(), self._resume_source()
+        if cfg.task != "pretrain" and not resumed_from and not cfg.checkpoint.init_from:
+            raise ConfigError("checkpoint.init_from", f"a {cfg.task} run needs pretrained weights (ours or an official MAE checkpoint)")
         if resumed_from:
             pos = self._restore(resumed_from, task, optimizer, scaler)
             self.log(f"resumed from {resumed_from} at epoch {pos.epoch}, batch {pos.batch}, step {pos.opt_step}")
