@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-b", type=int, default=16, help="ViT-B/16 pretrain batch (default 16)")
     parser.add_argument("--batch-l", type=int, default=None, help="ViT-L/16 batch (default 8 on CPU, 64 on CUDA)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--only", choices=["B", "L"], default=None, help="run one group: B (ViT-B step) or L (ViT-L encoder speedup)")
     parser.add_argument("--no-memory", action="store_true", help="skip the CPU memory measurements (one extra process per case)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
@@ -258,7 +259,6 @@ def main(argv: list[str] | None = None) -> int:
     args.l_dtype = "fp32" if args.device == "cpu" else "bf16"
 
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 150)  # no wrapping when captured to a file
     cmd = "python -m bench.model " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()[0]
     results = []
     cases = _cases(args)
-    for group in ("B", "L"):
+    for group in [args.only] if args.only else ["B", "L"]:
         specs = [spec for spec in cases if spec["group"] == group]
         console.print(f"  running {specs[0]['model']}: {', '.join(s['label'] for s in specs)} ...", style="dim")
         results.extend(zip(specs, _spawn("--worker", specs)))
@@ -276,6 +276,21 @@ def main(argv: list[str] | None = None) -> int:
             result["step_peak_bytes"] = _spawn("--memory-worker", spec)
     device_name = results[0][1]["device_name"]
     peak = _peak_tflops(device_name) if args.device == "cuda" else None
+    if args.only != "L":
+        _print_step_table(console, args, results, device_name, peak)
+    if args.only != "B":
+        _print_encoder_table(console, args, results)
+    # Other work on a shared machine slows every case; interleaving keeps the ratios fair.
+    console.print(f"1-min load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, "
+                  f"on {os.cpu_count()} CPUs")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{"spec": s, "result": r} for s, r in results], f, indent=1)
+    return 0
+
+
+def _print_step_table(console, args, results, device_name, peak) -> None:
+    from rich.table import Table
 
     table = Table(title=f"ViT-B/16 pretrain step (fwd + bwd + AdamW), batch {args.batch_b}, {device_name}, "
                         f"{results[0][1]['threads']} threads")
@@ -294,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(*row)
     console.print(table)
 
+
+def _print_encoder_table(console, args, results) -> None:
+    from rich.table import Table
+
     l_results = [x for x in results if x[0]["group"] == "L"]
     table = Table(title=f"ViT-L/16 fwd + bwd at 75% masking, batch {args.batch_l}, {args.l_dtype}")
     for col in ("encoder", "img/s", "best img/s", "s/iter", "GFLOP/img (fwd+bwd)", "step peak mem"):
@@ -311,13 +330,6 @@ def main(argv: list[str] | None = None) -> int:
         memory = f", {slow['step_peak_bytes'] / fast['step_peak_bytes']:.2f}x less step memory"
     console.print(f"visible-only encoder: [bold]{speedup:.2f}x[/] faster wall clock (best-of: {best_speedup:.2f}x), "
                   f"{flops_ratio:.2f}x fewer FLOPs (analytic){memory} (paper: 2.8x wall clock, 3.3x FLOPs)")
-    # Other work on a shared machine slows every case; interleaving keeps the ratios fair.
-    console.print(f"1-min load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, "
-                  f"on {os.cpu_count()} CPUs")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([{"spec": s, "result": r} for s, r in results], f, indent=1)
-    return 0
 
 
 if __name__ == "__main__":
