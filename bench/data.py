@@ -4,21 +4,25 @@ Measured side by side in one run, on the same JPEGs (generated here: photo-like,
 500 x 375 like an average ImageNet image, plus a set of larger 1024 x 768 photos):
 
 1. Per core, decode + RandomResizedCrop(scale 0.2-1, bicubic) + flip to a uint8 tensor:
-   torchvision's ImageFolder with those v2 transforms, vs our path (header-only crop choice, PIL
-   draft decoding, torch's uint8 antialiased bicubic resize), with and without draft mode.
+   torchvision's ImageFolder with those v2 transforms, vs our path (header-only crop choice,
+   libjpeg-turbo through simplejpeg with reduced-scale decoding, torch's uint8 antialiased bicubic
+   resize), vs the same with reduced-scale decoding off, vs our previous decoder (PIL with draft
+   mode) for comparison.
 2. The whole training input pipeline (decode, augment, normalise, batch of 64) in images/s with
    0 and N DataLoader workers: torchvision ImageFolder + DataLoader, vs our WebDataset loader
-   reading local shards and reading the same shards from an S3 server (moto on 127.0.0.1, or
-   $MAECTL_S3_ENDPOINT), through s3fs.
+   reading local shards (with simplejpeg, and with PIL only) and reading the same shards from an
+   S3 server (moto on 127.0.0.1, or $MAECTL_S3_ENDPOINT), through s3fs.
 
 Per-core figures are images per CPU-second of the benchmark process (other load on a shared
-machine does not count), the cases taking turns every 32 images. Pipeline figures are wall-clock
-images/s after the first batch, the cases taking turns per round; medians over the rounds.
+machine does not count), the cases taking turns every 32 images (in an order rotated every turn).
+Pipeline figures are wall-clock images/s after the first batch, the cases taking turns per round;
+medians over the rounds.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import signal
@@ -32,6 +36,20 @@ from pathlib import Path
 import numpy as np
 
 PIPELINE_BATCH = 64
+
+
+@contextlib.contextmanager
+def pil_decoding(enabled: bool = True):
+    """Our loader with every image decoded by PIL (the decoder before simplejpeg). DataLoader
+    workers started inside inherit the setting (fork)."""
+    from mae_core.data import decode
+
+    before = decode.use_simplejpeg
+    decode.use_simplejpeg = not enabled and before
+    try:
+        yield
+    finally:
+        decode.use_simplejpeg = before
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -63,10 +81,10 @@ def write_imagefolder(root: Path, count: int, size: tuple[int, int], num_classes
 CHUNK = 32  # images per turn: the cases alternate this often
 
 
-def per_core(root: Path, img_size: int, rounds: int) -> dict[str, float]:
-    """Images per CPU-second of each way, single-threaded. CPU time (not wall time) of this
-    process, so other load on a shared machine does not count; the cases alternate every CHUNK
-    images so cache and frequency effects hit them alike."""
+def per_core(root: Path, img_size: int, rounds: int) -> dict[str, list[float]]:
+    """Images per CPU-second of each way, single-threaded, one figure per round. CPU time (not
+    wall time) of this process, so other load on a shared machine does not count; the cases
+    alternate every CHUNK images so cache and frequency effects hit them alike."""
     import torch
     import torchvision
     from torchvision.transforms import v2
@@ -82,25 +100,30 @@ def per_core(root: Path, img_size: int, rounds: int) -> dict[str, float]:
     paths = [path for path, _ in baseline.samples]
     ours = {draft: SampleTransform(DataConfig(url="-", img_size=img_size, draft=draft), "pretrain") for draft in (True, False)}
 
-    def run_ours(draft: bool, indices: range) -> None:
-        for i in indices:
-            with open(paths[i], "rb") as f:
-                ours[draft](f.read())
+    def run_ours(draft: bool, indices: range, pil: bool = False) -> None:
+        with pil_decoding(pil):
+            for i in indices:
+                with open(paths[i], "rb") as f:
+                    ours[draft](f.read())
 
     cases = {
         "torchvision ImageFolder": lambda indices: [baseline[i] for i in indices],
-        "ours, draft": lambda indices: run_ours(True, indices),
-        "ours, no draft": lambda indices: run_ours(False, indices),
+        "ours: simplejpeg + reduced scale": lambda indices: run_ours(True, indices),
+        "ours: simplejpeg full scale": lambda indices: run_ours(False, indices),
+        "ours with PIL decoding + draft (previous)": lambda indices: run_ours(True, indices, pil=True),
     }
-    seconds = dict.fromkeys(cases, 0.0)
+    rates: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
-        for first in range(0, len(paths), CHUNK):
+        seconds = dict.fromkeys(cases, 0.0)
+        for turn, first in enumerate(range(0, len(paths), CHUNK)):
             indices = range(first, min(first + CHUNK, len(paths)))
-            for name, case in cases.items():
+            for name, case in _rotated(cases, turn):
                 start = time.process_time()
                 case(indices)
                 seconds[name] += time.process_time() - start
-    return {name: rounds * len(paths) / spent for name, spent in seconds.items()}
+        for name, spent in seconds.items():
+            rates[name].append(len(paths) / spent)
+    return rates
 
 
 # -- 2. whole pipeline ---------------------------------------------------------------------------------
@@ -147,6 +170,7 @@ def pipeline(root: Path, shards: str, s3_url: str | None, s3_options: dict, img_
         cases = {
             f"torchvision ImageFolder, {n} workers": lambda n=n: steady_rate(torchvision_loader(root, img_size, n)),
             f"ours, local shards, {n} workers": lambda n=n: steady_rate(our_loader(shards, img_size, n)),
+            f"ours with PIL decoding, local shards, {n} workers": lambda n=n: _with_pil(lambda: steady_rate(our_loader(shards, img_size, n))),
         }
         if s3_url:
             cases[f"ours, S3 shards, {n} workers"] = lambda n=n: steady_rate(our_loader(s3_url, img_size, n, s3_options))
@@ -154,11 +178,24 @@ def pipeline(root: Path, shards: str, s3_url: str | None, s3_options: dict, img_
     return results
 
 
+def _rotated(cases: dict, turn: int) -> list:
+    """The cases in an order rotated by one every turn: none always runs right after another (the
+    case after torchvision's PIL path meets caches it has churned)."""
+    items = list(cases.items())
+    shift = turn % len(items)
+    return items[shift:] + items[:shift]
+
+
+def _with_pil(run):
+    with pil_decoding():
+        return run()
+
+
 def _rounds(cases: dict, rounds: int) -> dict[str, float]:
     """Run each case (returning images/s) once per round, in turn; medians."""
     rates: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, case in cases.items():
+    for turn in range(rounds):
+        for name, case in _rotated(cases, turn):
             rates[name].append(case())
     return {name: statistics.median(values) for name, values in rates.items()}
 
@@ -202,13 +239,17 @@ class S3ForBench:
 
 
 # -- reporting -------------------------------------------------------------------------------------------
-def print_table(title: str, rates: dict[str, float], baseline_prefix: str = "torchvision", unit: str = "img/s") -> None:
+def print_table(title: str, rates: dict[str, float], baseline_prefix: str = "torchvision", unit: str = "img/s",
+                spread: dict[str, list[float]] | None = None) -> None:
     print(f"\n{title}")
     baselines = {name.split(", ")[-1]: rate for name, rate in rates.items() if name.startswith(baseline_prefix)}
     for name, rate in rates.items():
         reference = baselines.get(name.split(", ")[-1]) or next(iter(baselines.values()), None)
         ratio = f"{rate / reference:5.2f}x" if reference else ""
-        print(f"  {name:<42} {rate:8.1f} {unit:<10} {ratio}", flush=True)
+        ratios = (spread or {}).get(name)
+        if ratios and not name.startswith(baseline_prefix):
+            ratio += f" [{min(ratios):.2f}-{max(ratios):.2f}]"
+        print(f"  {name:<56} {rate:8.1f} {unit:<10} {ratio}", flush=True)
 
 
 def bench_loader(url: str, *, split: str, mode: str, img_size: int, batch_size: int, workers: list[int], batches: int,
@@ -227,7 +268,10 @@ def bench_loader(url: str, *, split: str, mode: str, img_size: int, batch_size: 
 def run_per_core(typical: Path, large: Path, rounds: int) -> None:
     for folder, size, label in ((typical, 224, "500x375 -> 224"), (typical, 112, "500x375 -> 112"), (large, 224, "1024x768 -> 224")):
         rates = per_core(folder, size, rounds)
-        print_table(f"decode + RandomResizedCrop + flip, images per CPU-second, {label}", rates, unit="img/cpu-s")
+        print_table(f"decode + RandomResizedCrop + flip, images per CPU-second, {label} (median of {rounds} rounds; "
+                    "ratio to torchvision: of the medians [range over rounds])",
+                    {name: statistics.median(values) for name, values in rates.items()}, unit="img/cpu-s",
+                    spread={name: [r / b for r, b in zip(values, rates["torchvision ImageFolder"])] for name, values in rates.items()})
 
 
 def run_pipeline(scratch: Path, typical: Path, endpoint: str, workers: list[int], count: int, rounds: int) -> None:

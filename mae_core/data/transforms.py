@@ -17,6 +17,8 @@ supervised_crop_scale) + flip; eval = resize the short side to S / eval_crop_rat
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torchvision.transforms import v2
 
@@ -33,16 +35,48 @@ def check_mode(mode: str) -> None:
 
 
 class RandomResizedView:
-    """torchvision's RandomResizedCrop box sampler, applied to the header-only image."""
+    """RandomResizedCrop's box (torchvision's algorithm and distribution) and a flip, drawn from the
+    header-only image's size.
+
+    The algorithm is torchvision's `RandomResizedCrop.make_params`: up to ten tries of an area
+    fraction uniform in `scale` and an aspect ratio log-uniform in `ratio`, keeping the first box
+    that fits, placed uniformly; else the whole image clamped to the ratio range, centred. The
+    uniforms come from one draw of torch's (per-batch seeded) generator instead of ~40 tiny torch
+    ops: the same distribution for a tenth of the cost (~3 us instead of ~30 us an image)."""
+
+    ATTEMPTS = 10
 
     def __init__(self, size: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: bool):
-        self._crop = v2.RandomResizedCrop(size, scale=scale, ratio=ratio, interpolation=v2.InterpolationMode.BICUBIC)
+        self._scale = (float(scale[0]), float(scale[1]))
+        self._ratio = (float(ratio[0]), float(ratio[1]))
+        self._log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
         self._hflip = hflip
 
     def __call__(self, image) -> View:
-        box = self._crop.make_params([image])  # reads image.size only
-        flip = self._hflip and bool(torch.rand(()) < 0.5)
-        return View(box["top"], box["left"], box["height"], box["width"], flip)
+        width, height = image.size
+        # 4 uniforms a try (area, ratio, top, left), then the flip; float64, so the integer
+        # positions derived from them are uniform to well below one part in 10^9.
+        u = torch.rand(4 * self.ATTEMPTS + 1, dtype=torch.float64).tolist()
+        flip = self._hflip and u[-1] < 0.5
+        area = width * height
+        (s0, s1), (r0, r1) = self._scale, self._log_ratio
+        for k in range(0, 4 * self.ATTEMPTS, 4):
+            target_area = area * (s0 + (s1 - s0) * u[k])
+            aspect = math.exp(r0 + (r1 - r0) * u[k + 1])
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = min(int(u[k + 2] * (height - h + 1)), height - h)
+                left = min(int(u[k + 3] * (width - w + 1)), width - w)
+                return View(top, left, h, w, flip)
+        in_ratio = width / height  # fallback: the whole image, clamped to the ratio range, centred
+        if in_ratio < min(self._ratio):
+            w, h = width, int(round(width / min(self._ratio)))
+        elif in_ratio > max(self._ratio):
+            w, h = int(round(height * max(self._ratio))), height
+        else:
+            w, h = width, height
+        return View((height - h) // 2, (width - w) // 2, h, w, flip)
 
 
 class CentreView:
@@ -81,6 +115,8 @@ class SampleTransform:
         check_mode(mode)
         self.size = cfg.img_size
         self.draft = cfg.draft
+        # Training decodes with libjpeg-turbo's fast IDCT and upsampling; eval as PIL does (decode.py).
+        self.fast_decode = mode != "eval"
         if mode == "eval":
             self.view = CentreView(cfg.img_size, cfg.eval_crop_ratio)
         else:
@@ -93,7 +129,7 @@ class SampleTransform:
 
     def __call__(self, data: bytes) -> torch.Tensor:
         image = open_image(data)
-        out = decode_view(image, self.view(image), self.size, draft=self.draft)
+        out = decode_view(image, self.view(image), self.size, draft=self.draft, fast=self.fast_decode)
         if self.augment is not None:
             out = self.augment(out)
         return out
