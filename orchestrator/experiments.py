@@ -13,6 +13,8 @@ addresses them directly, plus maectl's own sections:
     tracking: {uri, experiment, enabled}
     slurm: {job_folder, max_requeues, signal_delay_s, setup, srun_args}   # the SLURM backend's own
     ray: {address, storage_path, max_failures, autoscaling}   # --backend ray only
+    sweep: {model.mask_ratio: [0.5, 0.75, 0.9], ...}     # `maectl sweep NAME`: one job per point of the grid
+    pipeline: {then: [finetune-vit-b, linprobe-vit-b]}    # jobs that start from this one's final checkpoint
 
 Strings may use ${output_root}, ${experiment} and ${handle}. `data.url: builtin:demo` names
 the generated demo dataset under the output root. Every error names the file and the dotted key.
@@ -41,6 +43,9 @@ BASE_FOLDER = "base"  # files under a folder of this name are shared defaults, n
 _RUN_SECTIONS = ("task", "output_dir", "model", "data", "optim", "train", "checkpoint", "monitor", "finetune")
 DEFAULT_OUTPUT_DIR = "${output_root}/${experiment}/${handle}"
 COMMAND_LINE = "command line"
+# Sections that say what to launch around the job, not how it runs: read by orchestrator/sweeps.py
+# and pipelines.py, and left out of the job's resolved config (and so of its MLflow params).
+_PLAN_SECTIONS = ("sweep", "pipeline")
 
 
 class ExperimentError(UsageError):
@@ -108,7 +113,7 @@ class ExperimentSpec:
 
 
 _SPEC_SECTIONS = tuple(f.name for f in dataclasses.fields(ExperimentSpec))
-TOP_LEVEL_KEYS = ("extends", *_SPEC_SECTIONS, *_RUN_SECTIONS)
+TOP_LEVEL_KEYS = ("extends", *_SPEC_SECTIONS, *_RUN_SECTIONS, *_PLAN_SECTIONS)
 
 
 # -- finding files ------------------------------------------------------------------------------
@@ -205,6 +210,7 @@ class MergedTree:
 
     data: dict = field(default_factory=dict)
     origins: dict[tuple, str] = field(default_factory=dict)
+    generated: set[str] = field(default_factory=set)  # origins that are maectl itself (a sweep, a pipeline), not a file
 
     def origin(self, dotted_key: str) -> str | None:
         parts = tuple(p.split("[", 1)[0] for p in dotted_key.split(".") if p)
@@ -281,15 +287,113 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 def apply_overrides(tree: MergedTree, overrides: list[str]) -> None:
     for item in overrides:
         parts, value = parse_override(item)
-        node = tree.data
-        for i, part in enumerate(parts[:-1]):
-            if part not in node or node[part] is None:
-                node[part] = {}
-                tree.origins[tuple(parts[: i + 1])] = COMMAND_LINE
-            node = node[part]
-            if not isinstance(node, dict):
-                raise UsageError(f"override {item!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
-        _merge(node, {parts[-1]: value}, tree.origins, lambda p: COMMAND_LINE, tuple(parts[:-1]))
+        set_key(tree, parts, value, COMMAND_LINE, item)
+
+
+def set_key(tree: MergedTree, parts: list[str], value: Any, origin: str, item: str | None = None) -> None:
+    """Set one dotted key in the merged tree, recording `origin` as what set it."""
+    node = tree.data
+    for i, part in enumerate(parts[:-1]):
+        if part not in node or node[part] is None:
+            node[part] = {}
+            tree.origins[tuple(parts[: i + 1])] = origin
+        node = node[part]
+        if not isinstance(node, dict):
+            raise UsageError(f"override {item or '.'.join(parts)!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+    _merge(node, {parts[-1]: value}, tree.origins, lambda p: origin, tuple(parts[:-1]))
+
+
+def format_value(value: Any) -> str:
+    """A value as an override writes it (`key=VALUE`), so that parse_override reads it back equal."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text.removesuffix("...").strip()
+
+
+# -- the plan sections: sweep and pipeline -------------------------------------------------------
+@dataclass(kw_only=True)
+class FollowUpConfig:
+    """A job that starts from the pretraining's final checkpoint (`pipeline.then`)."""
+
+    experiment: str  # a name under jobs/ or a path
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass(kw_only=True)
+class PipelineConfig:
+    then: list[FollowUpConfig] = field(default_factory=list)
+
+
+def parse_sweep_block(value: Any, where: _Locator) -> list[tuple[str, list]]:
+    """`sweep: {dotted.key: [v1, v2], ...}` -> [(key, values)] in file order; the grid is their product."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise where.error("sweep", f"expected a mapping of dotted keys to lists of values, e.g. {{model.mask_ratio: [0.5, 0.75]}}, got {value!r}")
+    axes = []
+    for key, values in value.items():
+        key_text = str(key)
+        check_sweep_key(key_text, lambda message, k=key_text: where.error(f"sweep.{k}", message))
+        if not isinstance(values, list) or not values:
+            raise where.error(f"sweep.{key_text}", f"expected a non-empty list of values, got {values!r}")
+        seen = []
+        for v in values:
+            if v in seen:
+                raise where.error(f"sweep.{key_text}", f"value {format_value(v)} is listed twice")
+            seen.append(v)
+        axes.append((key_text, list(values)))
+    return axes
+
+
+def read_sweep_axes(name_or_path: str, overrides: list[str]) -> list[tuple[str, list]]:
+    """The file's `sweep:` axes once `overrides` are applied, from the YAML alone: the grid is
+    known before any point is resolved (a point may be valid where the file alone is not)."""
+    _, path = locate(name_or_path)
+    tree = load_tree(path)
+    apply_overrides(tree, overrides)
+    return parse_sweep_block(tree.data.get("sweep"), _Locator(tree, path))
+
+
+def check_sweep_key(key: str, fail: Callable[[str], Exception]) -> None:
+    """A swept key names a setting of the job (a dotted path below a section), not maectl's plan."""
+    parts = key.split(".")
+    if any(not p for p in parts):
+        raise fail("empty part in the dotted key")
+    if parts[0] in ("extends", *_PLAN_SECTIONS):
+        raise fail(f"{parts[0]!r} cannot be swept")
+    if parts[0] not in TOP_LEVEL_KEYS:
+        sections = [k for k in TOP_LEVEL_KEYS if k not in ("extends", *_PLAN_SECTIONS)]
+        close = difflib.get_close_matches(parts[0], sections, n=1)
+        raise fail(f"{parts[0]!r} is not a section of an experiment" + (f"; did you mean {close[0]!r}?" if close else ""))
+
+
+def parse_pipeline_block(value: Any, where: _Locator) -> PipelineConfig | None:
+    """`pipeline: {then: [name, {experiment: name, overrides: [k=v, ...]}, ...]}`."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise where.error("pipeline", f"expected a mapping with `then: [experiment, ...]`, got {value!r}")
+    for key in value:
+        if key != "then":
+            raise where.error(f"pipeline.{key}", "unknown key; a pipeline has only `then: [experiment, ...]`")
+    items = value.get("then") or []
+    if not isinstance(items, list):
+        raise where.error("pipeline.then", f"expected a list of experiments, got {items!r}")
+    then = []
+    for i, item in enumerate(items):
+        key = f"pipeline.then[{i}]"
+        if isinstance(item, str) and item:
+            then.append(FollowUpConfig(experiment=item))
+            continue
+        if not isinstance(item, dict) or not isinstance(item.get("experiment"), str) or not item["experiment"]:
+            raise where.error(key, f"expected an experiment name or {{experiment: NAME, overrides: [key=value, ...]}}, got {item!r}")
+        for extra in item:
+            if extra not in ("experiment", "overrides"):
+                raise where.error(f"{key}.{extra}", "unknown key; a follow-up has `experiment` and `overrides`")
+        overrides = item.get("overrides") or []
+        if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+            raise where.error(f"{key}.overrides", f"expected a list of key=value strings, got {overrides!r}")
+        then.append(FollowUpConfig(experiment=item["experiment"], overrides=list(overrides)))
+    return PipelineConfig(then=then) if then else None
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -305,6 +409,8 @@ class ResolvedExperiment:
     notes: list[str] = field(default_factory=list)  # derived values worth showing (accum_iter, ...)
     locator: Any = None  # turns a key into an error naming the file that set it
     train_images: int | None = None  # from the dataset manifest, when it was readable
+    sweep_axes: list[tuple[str, list]] = field(default_factory=list)  # the file's `sweep:` block
+    pipeline: PipelineConfig | None = None  # the file's `pipeline:` block
 
     @property
     def uses_demo_data(self) -> bool:
@@ -351,6 +457,8 @@ class _Locator:
         origin = self.tree.origin(key)
         if origin is None:
             return ExperimentError(self.source, key, message)
+        if origin in self.tree.generated:
+            return ExperimentError(self.source, key, message, f"set by {origin}")
         if origin.startswith(COMMAND_LINE):
             return ExperimentError(self.source, key, message, f"set on the {origin}")
         if origin != self.source:
@@ -379,15 +487,21 @@ class _Locator:
 
 def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: str | None = None,
             make_handle: Callable[[str], str] | None = None, output_root: str | None = None,
-            check_data: bool = True) -> ResolvedExperiment:
+            check_data: bool = True, injected: dict[str, Any] | None = None, injected_by: str = "maectl") -> ResolvedExperiment:
     """Find, merge, override and validate an experiment. Raises UsageError (exit 2) on any problem.
 
     `backend` overrides the file's `backend:`; `make_handle(backend)` names the job (without it
-    the handle is a placeholder, for `show` and dry-runs)."""
+    the handle is a placeholder, for `show` and dry-runs). `injected`: dotted keys that maectl
+    sets on top of the overrides (a sweep point's values, a follow-up's checkpoint); an error
+    about one of them says it was set by `injected_by`."""
     overrides = list(overrides or [])
     name, path = locate(name_or_path)
     tree = load_tree(path)
     apply_overrides(tree, overrides)
+    for key, value in (injected or {}).items():
+        set_key(tree, key.split("."), value, injected_by)
+        tree.generated.add(injected_by)
+    shown_overrides = [*overrides, *(f"{key}={format_value(value)}" for key, value in (injected or {}).items())]
     if backend is not None:
         _merge(tree.data, {"backend": backend}, tree.origins, lambda p: "command line (--backend)")
     where = _Locator(tree, path)
@@ -403,6 +517,8 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: s
     except ConfigError as err:
         raise where.from_config_error(err) from None
 
+    sweep_axes = parse_sweep_block(tree.data.get("sweep"), where)
+    pipeline = parse_pipeline_block(tree.data.get("pipeline"), where)
     handle = make_handle(spec.backend) if make_handle else HANDLE_PLACEHOLDER
     run_tree = {k: v for k, v in tree.data.items() if k in _RUN_SECTIONS}
     run_tree.setdefault("output_dir", DEFAULT_OUTPUT_DIR)
@@ -427,7 +543,8 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: s
 
     if run.task in ("finetune", "linprobe") and not run.checkpoint.init_from:
         raise where.error("checkpoint.init_from", f"a {run.task} job needs pretrained weights (a checkpoint path or URL)")
-    resolved = ResolvedExperiment(name, path, overrides, spec, run, handle, output_root, notes, where)
+    resolved = ResolvedExperiment(name, path, shown_overrides, spec, run, handle, output_root, notes, where,
+                                  sweep_axes=sweep_axes, pipeline=pipeline)
     if check_data:
         check_shards(resolved)
     return resolved

@@ -128,18 +128,35 @@ class Prepared:
 
 
 def prepare(target: str, overrides: list[str], *, backend: str | None = None, dry_run: bool = False,
-            store: JobStore | None = None) -> Prepared:
-    """Everything up to (not including) launching: UsageError on any problem, nothing recorded."""
+            store: JobStore | None = None, injected: dict | None = None, injected_by: str = "maectl",
+            reserved: set[str] | None = None, precheck=None) -> Prepared:
+    """Everything up to (not including) launching: UsageError on any problem, nothing recorded.
+
+    `injected` (dotted key -> value) is what a sweep point or a pipeline sets on top of the
+    overrides; `reserved` holds handles already given to jobs prepared alongside (not recorded
+    yet); `precheck(resolved)`, if given, checks the job before its backend does and returns the
+    records of the jobs it depends on (orchestrator/pipelines.py)."""
     def make_handle(name: str) -> str:
         for _ in range(_HANDLE_ATTEMPTS):
             handle = new_handle(name)
-            if store is None or store.get(handle) is None:
+            if (store is None or store.get(handle) is None) and handle not in (reserved or ()):
+                if reserved is not None:
+                    reserved.add(handle)
                 return handle
         raise RuntimeError("could not find a free job handle")
 
-    resolved = resolve(target, overrides, backend=backend, make_handle=None if dry_run else make_handle)
+    resolved = resolve(target, overrides, backend=backend, make_handle=None if dry_run else make_handle,
+                       injected=injected, injected_by=injected_by)
+    if resolved.sweep_axes and injected is None:
+        points = 1
+        for _, values in resolved.sweep_axes:
+            points *= len(values)
+        raise resolved.locator.error("sweep", f"this experiment is a sweep of {points} point(s) over {', '.join(k for k, _ in resolved.sweep_axes)}: "
+                                              f"run it with `maectl sweep {resolved.name}`, or submit one configuration with sweep=null")
     chosen = get_backend(resolved.spec.backend)
     request = build_request(resolved, dry_run=dry_run)
+    if precheck is not None:
+        request.depends_on = list(precheck(resolved) or [])
     chosen.check(request)
     return Prepared(resolved, chosen, request)
 
@@ -151,29 +168,70 @@ def render_dry_run(prepared: Prepared) -> str:
     return placeholders(prepared.resolved).apply(text)
 
 
-def launch(prepared: Prepared, store: JobStore, say=print) -> JobRecord:
-    """Record the job, then start it. A launch failure leaves a FAILED record saying why."""
-    resolved, request = prepared.resolved, prepared.request
+def _prepare_data(resolved: ResolvedExperiment, say) -> None:
     if resolved.uses_demo_data:
         ensure_demo_data(resolved, say)
         if resolved.train_images is None:  # not checked at validation: it did not exist yet
             check_shards(resolved)
+
+
+def _record(prepared: Prepared, store: JobStore, sweep_id: str | None) -> JobRecord:
+    """Store the job as PENDING, before its backend hears of it."""
+    resolved, request = prepared.resolved, prepared.request
     record = JobRecord(
         handle=request.handle, experiment=resolved.name, source=resolved.source_display, backend=prepared.backend.name,
         state=JobState.PENDING, output_dir=resolved.run.output_dir, job_dir=str(request.job_dir),
         tracking_uri=scrub_text(request.spec["tracking"]["uri"]) if request.spec["tracking"]["enabled"] else None,
-        overrides=request.spec["overrides"],
+        overrides=request.spec["overrides"], sweep_id=sweep_id,
+        after=request.depends_on[0].handle if request.depends_on else None,
     )
     try:
         store.add(record)
     except HandleTaken:  # two submissions drew the same handle within milliseconds
         raise RuntimeError(f"job handle {record.handle} was taken concurrently; submit again") from None
+    return record
+
+
+def launch(prepared: Prepared, store: JobStore, say=print, *, sweep_id: str | None = None) -> JobRecord:
+    """Record the job, then start it. A launch failure leaves a FAILED record saying why."""
+    _prepare_data(prepared.resolved, say)
+    record = _record(prepared, store, sweep_id)
     try:
-        submitted = prepared.backend.submit(request)
+        submitted = prepared.backend.submit(prepared.request)
     except Exception as err:
         store.update(record.handle, state=JobState.FAILED, message=f"launch failed: {scrub_text(str(err))}")
         raise
     return store.update(record.handle, state=submitted.state, native_id=submitted.native_id, log_path=submitted.log_path, info=submitted.info)
+
+
+def launch_array(prepared: list[Prepared], store: JobStore, say=print, *, sweep_id: str | None = None) -> list[JobRecord]:
+    """Record several jobs of one backend, then start them together (`Backend.submit_array`: a
+    SLURM job array where the backend makes one). A point that fails to launch is recorded
+    FAILED with the reason; the others run."""
+    if not prepared:
+        return []
+    for item in prepared:
+        _prepare_data(item.resolved, say)
+    records = [_record(item, store, sweep_id) for item in prepared]
+    backend = prepared[0].backend
+    try:
+        results = backend.submit_array([item.request for item in prepared])
+    except Exception as err:
+        for record in records:
+            store.update(record.handle, state=JobState.FAILED, message=f"launch failed: {scrub_text(str(err))}")
+        raise
+    out = []
+    for record, submitted in zip(records, results):
+        message = f"launch failed: {submitted.info['error']}" if submitted.state == JobState.FAILED and submitted.info.get("error") else None
+        out.append(store.update(record.handle, state=submitted.state, native_id=submitted.native_id, log_path=submitted.log_path,
+                                info=submitted.info, message=message))
+    return out
+
+
+def record_not_run(prepared: Prepared, store: JobStore, reason: str, *, sweep_id: str | None = None) -> JobRecord:
+    """A job that will never start (what it follows failed to launch): recorded CANCELLED, saying why."""
+    record = _record(prepared, store, sweep_id)
+    return store.update(record.handle, state=JobState.CANCELLED, message=f"not run: {reason}")
 
 
 def submit(target: str, overrides: list[str], *, backend: str | None = None, say=print) -> tuple[JobRecord, Prepared]:
@@ -209,4 +267,5 @@ def find_job(store: JobStore, handle: str) -> JobRecord:
     return matches[0]
 
 
-__all__ = ["HANDLE_PLACEHOLDER", "Prepared", "build_request", "find_job", "launch", "prepare", "refresh", "render_dry_run", "submit"]
+__all__ = ["HANDLE_PLACEHOLDER", "Prepared", "build_request", "find_job", "launch", "launch_array", "prepare", "record_not_run", "refresh",
+           "render_dry_run", "submit"]

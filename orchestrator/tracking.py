@@ -9,6 +9,11 @@ only params the run does not have yet and reports changed ones in a tag.
 Metrics are buffered and sent with `log_batch` (one `log_metric` call costs ~25 ms against a
 server; a batch of 1000 costs ~125 ms). A tracking server that is down never stops training:
 the buffer is kept and sent at the next flush.
+
+Sweeps and pipelines (orchestrator/sweeps.py, pipelines.py) nest runs with MLflow's own
+`mlflow.parentRunId` tag: a sweep's points under the sweep's parent run, which the last point
+to end marks ended; a pipeline's follow-ups under the pretraining's run, to which a follow-up
+that finishes copies its final accuracies (`<follow-up>/eval/top1`, ...).
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ RUN_ID_FILE = "mlflow_run_id"
 MAX_PARAM_VALUE = 6000  # MLflow 3's limit on a param value's length
 _BATCH_LIMITS = {"metrics": 1000, "params": 100, "tags": 100}  # per log_batch call
 _MAX_BUFFERED = 200_000  # metrics kept while the server is unreachable; older ones are dropped
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under its parent
+# A follow-up's results that its pretraining run gets, as `<follow-up name>/<metric>`.
+REPORTED_METRICS = ("eval/top1", "eval/top5", "eval/best_top1")
+_ENDED = ("FINISHED", "FAILED", "KILLED")
 
 
 def flatten_params(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -111,11 +120,16 @@ class MLflowSink:
         self._buffer: list[Metric] = []
         self._last_flush = time.monotonic()
         self._closed = False
+        self.report_to: tuple[str, str] | None = None  # (pretraining run id, follow-up name): pipelines
+        self.sweep_parent: tuple[str, int] | None = None  # (parent run id, number of points): sweeps
+        self._final: dict[str, float] = {}
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         stamp = int(time.time() * 1000)
         for key, value in metrics.items():
             value = float(value)
+            if key in REPORTED_METRICS and math.isfinite(value):
+                self._final[key] = value
             if math.isfinite(value) and step > self.logged_until.get(key, -1):
                 self._buffer.append(Metric(key, value, stamp, int(step)))
         # An epoch's record ("epoch" key) comes just before the epoch-end checkpoint: sent now,
@@ -164,6 +178,24 @@ class MLflowSink:
             self.client.set_terminated(self.run_id, status=status)
         except Exception as err:  # noqa: BLE001
             _warn(f"could not mark the run {status}: {err}")
+        if self.report_to and status == "FINISHED" and self._final:
+            self._report_to_pretraining(*self.report_to)
+        if self.sweep_parent:
+            try:
+                close_sweep_run_if_done(self.client, *self.sweep_parent)
+            except Exception as err:  # noqa: BLE001 — `maectl status SWEEP` closes it later
+                _warn(f"could not check the sweep's parent run: {err}")
+
+    def _report_to_pretraining(self, pretrain_run_id: str, stage: str) -> None:
+        """The follow-up's final accuracies on the pretraining's run: one row per pretraining
+        (per sweep point) with its downstream results, comparable in the MLflow UI."""
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(f"{stage}/{key}", value, stamp, 0) for key, value in sorted(self._final.items())]
+        tags = [RunTag(f"pipeline.{stage}.run_id", self.run_id)]
+        try:
+            self.client.log_batch(pretrain_run_id, metrics=metrics, tags=tags, synchronous=True)
+        except Exception as err:  # noqa: BLE001 — the follow-up's own run has the values
+            _warn(f"could not log {', '.join(m.key for m in metrics)} on the pretraining run {pretrain_run_id}: {err}")
 
 
 def _tags(spec: dict) -> dict[str, str]:
@@ -186,7 +218,34 @@ def _tags(spec: dict) -> dict[str, str]:
     description = spec.get("resolved", {}).get("description")
     if description:
         tags["mlflow.note.content"] = description
+    sweep = spec.get("sweep")
+    if sweep:
+        tags.update({"sweep_id": sweep["id"], "sweep_point": sweep.get("label", ""), "sweep_index": str(sweep.get("index", ""))})
+        if sweep.get("parent_run_id"):
+            tags[PARENT_TAG] = sweep["parent_run_id"]
+    pipeline = spec.get("pipeline")
+    if pipeline:
+        tags.update({"pipeline.after": pipeline["after"], "pipeline.stage": pipeline["stage"]})
+        if pipeline.get("sweep_id"):
+            tags["sweep_id"] = pipeline["sweep_id"]
     return {k: scrub_text(str(v))[:MAX_PARAM_VALUE] for k, v in tags.items()}
+
+
+def _pretraining_run(client: MlflowClient, spec: dict) -> str | None:
+    """A follow-up's pretraining run, from the pretraining's output folder: it did not exist yet
+    when the follow-up was submitted."""
+    pipeline = spec.get("pipeline")
+    if not pipeline or not pipeline.get("after_output_dir"):
+        return None
+    run_id = _read_text(f"{pipeline['after_output_dir'].rstrip('/')}/{RUN_ID_FILE}")
+    if not run_id:
+        return None
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        _warn(f"the pretraining run {run_id} is not on this tracking server: the results stay on this run only")
+        return None
+    return run_id
 
 
 def _last_steps(client: MlflowClient, run) -> dict[str, int]:
@@ -220,6 +279,9 @@ def open_run(spec: dict, output_dir: str) -> MLflowSink:
             run = None
     params = flatten_params(scrub_tree(spec["resolved"]))
     tags = _tags(spec)
+    pretrain_run_id = _pretraining_run(client, spec)
+    if pretrain_run_id:
+        tags.update({PARENT_TAG: pretrain_run_id, "pipeline.parent_run_id": pretrain_run_id})
     if run is None:
         run = client.create_run(experiment_id, run_name=tracking.get("run_name") or spec["handle"], tags=tags)
         run_id = run.info.run_id
@@ -240,6 +302,11 @@ def open_run(spec: dict, output_dir: str) -> MLflowSink:
     for chunk in _chunks([Param(k, v) for k, v in new_params.items()], _BATCH_LIMITS["params"]):
         client.log_batch(run_id, params=chunk, synchronous=True)
     sink = MLflowSink(client, run_id, logged_until=logged_until)
+    if pretrain_run_id:
+        sink.report_to = (pretrain_run_id, spec["pipeline"]["stage"])
+    sweep = spec.get("sweep")
+    if sweep and sweep.get("parent_run_id"):
+        sink.sweep_parent = (sweep["parent_run_id"], int(sweep["points"]))
     import yaml
 
     sink.log_text(yaml.safe_dump(scrub_tree(spec["resolved"]), sort_keys=False), "config/resolved.yaml")
@@ -262,3 +329,54 @@ def end_run_if_running(spec: dict, output_dir: str, status: str, replace: tuple[
     if client.get_run(run_id).info.status in replace:
         client.set_terminated(run_id, status=status)
     return run_id
+
+
+# -- sweeps: the parent run ---------------------------------------------------------------------
+def start_sweep_run(uri: str, experiment: str, sweep_id: str, axes: list[tuple[str, list]], *, fixed: list[str], source: str,
+                    description: str, submitted: dict, backend: str) -> str:
+    """Create a sweep's parent run (RUNNING until its last point ends); returns its id. Its
+    params are the axes (`sweep.model.mask_ratio = [0.5, 0.75, 0.9]`)."""
+    if uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(uri.removeprefix("sqlite:///")) or ".", exist_ok=True)
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = _experiment_id(client, experiment)
+    points = 1
+    for _, values in axes:
+        points *= len(values)
+    tags = {
+        "sweep_id": sweep_id, "maectl.kind": "sweep", "backend": backend, "experiment_file": source, "sweep_points": str(points),
+        "overrides": " ".join(fixed) or "(none)", "user": submitted.get("user") or "unknown",
+        "mlflow.user": submitted.get("user") or "unknown", "git_commit": submitted.get("git_commit") or "unknown",
+        "mlflow.note.content": (description + "\n\n" if description else "") + f"maectl sweep {sweep_id}: {points} point(s)",
+    }
+    tags = {k: scrub_text(str(v))[:MAX_PARAM_VALUE] for k, v in tags.items()}
+    run = client.create_run(experiment_id, run_name=sweep_id, tags=tags)
+    params = [Param(f"sweep.{key}", scrub_text(str(list(values)))[:MAX_PARAM_VALUE]) for key, values in axes]
+    for chunk in _chunks(params, _BATCH_LIMITS["params"]):
+        client.log_batch(run.info.run_id, params=chunk, synchronous=True)
+    return run.info.run_id
+
+
+def close_sweep_run_if_done(client: MlflowClient, parent_run_id: str, points: int) -> str | None:
+    """Mark the parent run ended once all `points` child runs exist and have ended: FAILED if one
+    failed, else KILLED if one was killed, else FINISHED. Every point calls this as it ends; two
+    ending at once both set the same status. Returns the status set, if any."""
+    parent = client.get_run(parent_run_id)
+    if parent.info.status in _ENDED:
+        return None
+    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                                  max_results=max(points, 1) * 2)
+    if len(children) < points or any(c.info.status not in _ENDED for c in children):
+        return None
+    statuses = {c.info.status for c in children}
+    status = "FAILED" if "FAILED" in statuses else "KILLED" if "KILLED" in statuses else "FINISHED"
+    client.set_terminated(parent_run_id, status=status)
+    return status
+
+
+def end_sweep_run(uri: str, parent_run_id: str, status: str) -> None:
+    """Mark the parent run `status` if it is still running (`maectl status SWEEP`, once every
+    point's job has ended, whatever became of their runs)."""
+    client = MlflowClient(tracking_uri=uri)
+    if client.get_run(parent_run_id).info.status not in _ENDED:
+        client.set_terminated(parent_run_id, status=status)

@@ -8,6 +8,11 @@ experiment files. What it launches, on every rank, is the runner on the spec:
 
 with the torch.distributed variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)
 set by whatever starts the ranks: torchrun here, SLURM/submitit or Ray Train elsewhere.
+
+Sweeps and pipelines (orchestrator/sweeps.py, pipelines.py) use two optional parts:
+`submit_array` (a sweep's points at once; a SLURM job array where the backend has one) and
+`LaunchRequest.depends_on` (start only after other jobs completed OK: SLURM's afterok), which a
+backend honours only if it sets `supports_dependencies`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from ..redact import REDACTED, is_secret_name, scrub_text
 from .states import JobState
 
 SPEC_FORMAT = "maectl.job/1"
+# A job that was never run because a job it depends on did not complete OK (its launcher's exit code).
+EXIT_DEPENDENCY_FAILED = 6
 SPEC_FILE = "job.yaml"
 # Inherited variables that a job typically needs, shown (redacted) by dry-runs so that the
 # user sees which credentials and endpoints the job will use.
@@ -38,6 +45,10 @@ class LaunchRequest:
     spec: dict  # what orchestrator.runner reads
     job_dir: Path  # maectl's folder for this job (spec, log, exit status)
     env: dict[str, str] = field(default_factory=dict)  # set on top of the submitting environment
+    # Jobs (orchestrator.store.JobRecord: handle, native_id, info, job_dir) that must complete OK
+    # before this one starts, like SLURM's afterok: a pipeline's follow-ups wait for their
+    # pretraining. If one of them fails or is cancelled, this job never runs and ends CANCELLED.
+    depends_on: list = field(default_factory=list)
 
     @property
     def resources(self):
@@ -66,6 +77,8 @@ class Status:
 
 class Backend(ABC):
     name: ClassVar[str]
+    # Whether `submit` honours LaunchRequest.depends_on (pipelines are refused otherwise).
+    supports_dependencies: ClassVar[bool] = False
 
     def check(self, request: LaunchRequest) -> None:
         """Backend-specific consistency checks; raise ExperimentError naming the key."""
@@ -87,6 +100,29 @@ class Backend(ABC):
 
     @abstractmethod
     def cancel(self, record) -> None: ...
+
+    def submit_array(self, requests: list[LaunchRequest]) -> list[Submitted]:
+        """Submit several jobs at once (a sweep's points), one Submitted per request, in order.
+
+        The default submits them one by one; a request that fails does not stop the others and
+        comes back as a FAILED Submitted whose info["error"] says why. A scheduler with job
+        arrays overrides this to submit them as one array."""
+        results = []
+        for request in requests:
+            try:
+                results.append(self.submit(request))
+            except Exception as err:  # noqa: BLE001 — reported per point, the others still run
+                results.append(Submitted(native_id=None, log_path=None, info={"error": scrub_text(f"{type(err).__name__}: {err}")},
+                                         state=JobState.FAILED))
+        return results
+
+    def dry_run_array(self, requests: list[LaunchRequest]) -> str:
+        """What submit_array would run; by default each request's dry-run in turn."""
+        parts = []
+        for i, request in enumerate(requests):
+            label = request.spec.get("sweep", {}).get("label") or request.handle
+            parts.append(f"# === {i + 1}/{len(requests)}: {label} ===\n{self.dry_run(request)}")
+        return "".join(parts)
 
 
 # -- helpers shared by backends --------------------------------------------------------------

@@ -4,6 +4,14 @@ One rank runs `python -m orchestrator.runner SPEC`; N ranks run it under torch.d
 (gloo on CPU, NCCL on GPUs). Either way the command runs under `supervise`, in its own process
 group (session), with its output in <job_dir>/output.log; `supervise` records the exit status in
 <job_dir>/exit.json. Cancel = SIGTERM to the group, then SIGKILL after a grace period.
+
+Dependencies (pipelines: a fine-tune after its pretraining): the supervised command is then
+`python -m orchestrator.backends.local after ... -- <runner command>`, a small waiter that polls
+the exit files of the jobs it follows and, once all of them completed OK, replaces itself
+(exec) with the runner; if one of them failed or was cancelled it exits with
+EXIT_DEPENDENCY_FAILED and the job ends CANCELLED, never run. While it waits, a marker file in
+the job folder makes `status` say PENDING. Nothing runs on this machine but the waiter (a
+sleeping Python process) until then, and `cancel` works on a waiting job as on a running one.
 """
 
 from __future__ import annotations
@@ -18,14 +26,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..redact import scrub_text
-from .base import Backend, LaunchRequest, Status, Submitted, passed_environment, shell_quote, write_spec
+from .base import (EXIT_DEPENDENCY_FAILED, Backend, LaunchRequest, Status, Submitted, passed_environment, shell_quote,
+                   write_spec)
 from .states import JobState
 
 LOG_FILE = "output.log"
 EXIT_FILE = "exit.json"
+WAITING_FILE = "waiting"  # present while the job waits for the jobs it follows
 CANCEL_GRACE_S = 20.0
+DEPENDENCY_POLL_S = 2.0
 # What the runner's exit codes mean (mirrors mae_core.train).
-EXIT_MEANINGS = {0: "done", 2: "bad config or input", 3: "stopped on request after a checkpoint", 4: "non-finite loss", 143: "terminated (SIGTERM)"}
+EXIT_MEANINGS = {0: "done", 2: "bad config or input", 3: "stopped on request after a checkpoint", 4: "non-finite loss", 143: "terminated (SIGTERM)",
+                 EXIT_DEPENDENCY_FAILED: "not run: a job it follows did not complete"}
 
 
 def runner_command(spec_path: str, ranks: int) -> list[str]:
@@ -50,6 +62,7 @@ def _process_start_ticks(pid: int) -> int | None:
 
 class LocalBackend(Backend):
     name = "local"
+    supports_dependencies = True
 
     def check(self, request: LaunchRequest) -> None:
         res = request.resources
@@ -71,8 +84,17 @@ class LocalBackend(Backend):
         return {**env, **request.env}
 
     def _command(self, request: LaunchRequest) -> list[str]:
-        return [sys.executable, "-m", "orchestrator.backends.supervise", str(request.job_dir / EXIT_FILE), "--",
-                *runner_command(str(request.spec_path), request.resources.ranks_per_node)]
+        command = runner_command(str(request.spec_path), request.resources.ranks_per_node)
+        if request.depends_on:
+            waits = []
+            for dep in request.depends_on:
+                # pid + start time: a dependency whose supervisor vanished without an exit file
+                # (SIGKILL, a reboot) is a failed one, not one to wait for forever.
+                waits += ["--wait", dep.handle, str(Path(dep.job_dir) / EXIT_FILE), str(dep.info.get("pid", "<pid>")),
+                          str(dep.info.get("start_ticks", "<start_ticks>"))]
+            command = [sys.executable, "-m", "orchestrator.backends.local", "after", "--marker", str(request.job_dir / WAITING_FILE),
+                       *waits, "--", *command]
+        return [sys.executable, "-m", "orchestrator.backends.supervise", str(request.job_dir / EXIT_FILE), "--", *command]
 
     def dry_run(self, request: LaunchRequest) -> str:
         from .base import dump_spec
@@ -93,12 +115,17 @@ class LocalBackend(Backend):
         write_spec(request.spec_path, request.spec)
         log_path = request.job_dir / LOG_FILE
         (request.job_dir / EXIT_FILE).unlink(missing_ok=True)
+        if request.depends_on:
+            (request.job_dir / WAITING_FILE).touch()  # before the waiter starts: `status` must never say running
         with open(log_path, "ab") as log:
             process = subprocess.Popen(
                 self._command(request), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env={**os.environ, **self._environment(request)}, start_new_session=True,
             )
         info = {"pid": process.pid, "start_ticks": _process_start_ticks(process.pid)}
+        if request.depends_on:
+            info["after"] = [dep.handle for dep in request.depends_on]
+            return Submitted(native_id=str(process.pid), log_path=str(log_path), info=info, state=JobState.PENDING)
         return Submitted(native_id=str(process.pid), log_path=str(log_path), info=info, state=JobState.RUNNING)
 
     # -- status ----------------------------------------------------------------------------------
@@ -117,9 +144,13 @@ class LocalBackend(Backend):
             code = 128 - code if code < 0 else code
             if code == 0:
                 return Status(JobState.COMPLETED, 0, "done", ended)
+            if code == EXIT_DEPENDENCY_FAILED and record.info.get("after"):
+                return Status(JobState.CANCELLED, code, f"not run: {', '.join(record.info['after'])} did not complete", ended)
             state = JobState.CANCELLED if record.cancel_requested else JobState.FAILED
             return Status(state, code, EXIT_MEANINGS.get(code, f"exit code {code}"), ended)
         if self._alive(record):
+            if (Path(record.job_dir) / WAITING_FILE).exists():
+                return Status(JobState.PENDING, None, f"waiting for {', '.join(record.info.get('after') or ['the job it follows'])} to complete")
             return Status(JobState.RUNNING)
         if record.cancel_requested:
             return Status(JobState.CANCELLED, None, "killed")
@@ -128,7 +159,7 @@ class LocalBackend(Backend):
     # -- logs ------------------------------------------------------------------------------------
     def logs(self, record, follow: bool = False) -> Iterator[str]:
         path = Path(record.log_path or Path(record.job_dir) / LOG_FILE)
-        while follow and not path.exists() and self.status(record).state == JobState.RUNNING:
+        while follow and not path.exists() and not self.status(record).state.terminal:
             time.sleep(0.2)
         if not path.exists():
             return
@@ -142,7 +173,8 @@ class LocalBackend(Backend):
                         yield scrub_text(pending)
                         pending = ""
                     continue
-                if not follow or self.status(record).state != JobState.RUNNING:
+                # A follow-up waiting for its pretraining is PENDING: keep following it too.
+                if not follow or self.status(record).state.terminal:
                     # One more read: the job may have written its last lines as it ended.
                     rest = pending + f.read()
                     if rest:
@@ -186,3 +218,75 @@ class LocalBackend(Backend):
             if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
                 return True
         return False
+
+
+# -- the dependency waiter: python -m orchestrator.backends.local after ... -- COMMAND ------------
+def _dependency_outcome(exit_file: str, pid: str, ticks: str) -> int | None:
+    """The exit code of a job this one follows; None while it runs. A supervisor that is gone
+    without writing its exit file counts as a failure (-9)."""
+    def recorded() -> int | None:
+        try:
+            with open(exit_file) as f:
+                return int(json.load(f)["returncode"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    code = recorded()
+    if code is not None:
+        return code
+    if not pid.isdigit():
+        return None
+    now = _process_start_ticks(int(pid))
+    if now is not None and (not ticks.isdigit() or now == int(ticks)):
+        return None
+    time.sleep(0.5)  # the supervisor writes its exit file just before it exits
+    code = recorded()
+    return code if code is not None else -9
+
+
+def wait_then_exec(argv: list[str]) -> int:
+    """`after --marker FILE --wait HANDLE EXIT_FILE PID TICKS [...] -- COMMAND...`"""
+    if "--" not in argv:
+        print("usage: python -m orchestrator.backends.local after --marker FILE --wait HANDLE EXIT_FILE PID TICKS ... -- COMMAND...",
+              file=sys.stderr)
+        return 2
+    split = argv.index("--")
+    options, command = argv[:split], argv[split + 1 :]
+    marker, waits = None, []
+    i = 0
+    while i < len(options):
+        if options[i] == "--marker":
+            marker, i = options[i + 1], i + 2
+        elif options[i] == "--wait":
+            waits.append(tuple(options[i + 1 : i + 5]))
+            i += 5
+        else:
+            print(f"unknown option {options[i]}", file=sys.stderr)
+            return 2
+    names = ", ".join(w[0] for w in waits)
+    print(f"[maectl] waiting for {names} to complete", flush=True)
+    pending = list(waits)
+    while pending:
+        for wait in list(pending):
+            handle, exit_file, pid, ticks = wait
+            code = _dependency_outcome(exit_file, pid, ticks)
+            if code is None:
+                continue
+            if code != 0:
+                meaning = EXIT_MEANINGS.get(128 - code if code < 0 else code, f"exit code {code}")
+                print(f"[maectl] not run: {handle} did not complete ({meaning})", flush=True)
+                return EXIT_DEPENDENCY_FAILED
+            pending.remove(wait)
+        if pending:
+            time.sleep(DEPENDENCY_POLL_S)
+    print(f"[maectl] {names} completed: starting", flush=True)
+    if marker:
+        Path(marker).unlink(missing_ok=True)
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] != "after":
+        print("usage: python -m orchestrator.backends.local after ...", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(wait_then_exec(sys.argv[2:]))

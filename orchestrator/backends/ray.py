@@ -21,6 +21,14 @@ Pre-submit checks (exit 2, nothing submitted; skipped by --dry-run, which never 
 cluster, so that it can print the spec for a cluster that does not exist yet): the job API
 answers; the alive nodes have room for every worker (unless `ray.autoscaling`); Ray's storage
 path and the output folder are writable; the dataset manifest is readable.
+
+Dependencies (pipelines): Ray has no job dependencies, so a follow-up is a Ray Job submitted at
+once whose entrypoint is `python -m orchestrator.backends.ray after --job ID ... -- <entrypoint>`:
+a waiter that polls the Ray Jobs it follows on the cluster's job API and, once all SUCCEEDED,
+replaces itself (exec) with the real entrypoint, or exits with EXIT_DEPENDENCY_FAILED if one
+failed or was stopped. The chain lives on the cluster, so the submitting machine may go away.
+The waiter reserves no CPU (a Ray Job's entrypoint asks for none); `status` shows PENDING while
+it waits, CANCELLED ("not run") if it gave up.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -39,7 +48,7 @@ from pathlib import Path
 
 from ..experiments import HANDLE_PLACEHOLDER, ExperimentError
 from ..redact import REDACTED, is_secret_name, scrub_text
-from .base import PASSED_ENV_PREFIXES, Backend, LaunchRequest, Status, Submitted, dump_spec, write_spec
+from .base import EXIT_DEPENDENCY_FAILED, PASSED_ENV_PREFIXES, Backend, LaunchRequest, Status, Submitted, dump_spec, write_spec
 from .states import JobState
 
 WORKING_DIR = "ray"  # under the job's folder: holds only job.yaml, the job's working_dir
@@ -48,6 +57,7 @@ SPEC_NAME = "job.yaml"
 RAY_PASSED_ENV_PREFIXES = (*PASSED_ENV_PREFIXES, "RAY_TRAIN_")
 HTTP_TIMEOUT_S = 10.0
 CANCEL_WAIT_S = 30.0
+DEPENDENCY_POLL_S = 5.0
 
 # Ray job states -> maectl's. A stopped job is one that someone stopped: `ray job stop`,
 # `maectl cancel` or the dashboard.
@@ -112,6 +122,7 @@ class Scaling:
 
 class RayBackend(Backend):
     name = "ray"
+    supports_dependencies = True
 
     # -- what the job is -------------------------------------------------------------------------
     @staticmethod
@@ -135,6 +146,10 @@ class RayBackend(Backend):
         if scaling.gpus_per_worker:
             words += ["--gpus-per-worker", str(scaling.gpus_per_worker)]
         words += ["--storage-path", self._storage_path(request), "--max-failures", str(self._config(request).max_failures)]
+        if request.depends_on:
+            # The Ray submission id is the maectl handle, so the handle names the job to wait for.
+            waits = [word for dep in request.depends_on for word in ("--job", dep.handle)]
+            words = ["python", "-m", "orchestrator.backends.ray", "after", *waits, "--address", self._address(request) or "", "--", *words]
         return words
 
     def _environment(self, request: LaunchRequest) -> dict[str, str]:
@@ -270,6 +285,8 @@ class RayBackend(Backend):
         )
         info = {"address": address, "submission_id": submission_id, "storage_path": self._storage_path(request),
                 "dashboard": f"{address}/#/jobs/{submission_id}"}
+        if request.depends_on:
+            info["after"] = [dep.handle for dep in request.depends_on]
         return Submitted(native_id=submission_id, log_path=None, info=info, state=JobState.PENDING)
 
     # -- status, logs, cancel --------------------------------------------------------------------
@@ -281,6 +298,13 @@ class RayBackend(Backend):
         info = _http_json(self._job_url(record))
         state = STATES.get(info.get("status"), JobState.UNKNOWN)
         message = None
+        after = record.info.get("after") or []
+        if after and state == JobState.FAILED and info.get("driver_exit_code") == EXIT_DEPENDENCY_FAILED:
+            return Status(JobState.CANCELLED, EXIT_DEPENDENCY_FAILED, f"not run: {', '.join(after)} did not succeed")
+        if after and state in (JobState.PENDING, JobState.RUNNING):
+            waiting = [h for h in after if _job_status(record.info["address"], h) != "SUCCEEDED"]
+            if waiting:
+                return Status(JobState.PENDING, None, f"waiting for {', '.join(waiting)} to succeed")
         if state == JobState.FAILED and info.get("message"):
             # Ray's message ends with the log's tail; its first line says what ended the job.
             message = scrub_text(info["message"].splitlines()[0])[:300]
@@ -379,3 +403,77 @@ def _not_writable(location: str) -> str | None:
     except Exception as err:  # noqa: BLE001 — permission, missing bucket, no credentials, ...
         return scrub_text(f"{type(err).__name__}: {err}")[:300]
     return None
+
+
+def _job_status(address: str, submission_id: str) -> str | None:
+    """A Ray Job's status (PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED); None if the job API
+    does not know it."""
+    try:
+        return (_http_json(f"{address}/api/jobs/{urllib.parse.quote(submission_id)}") or {}).get("status")
+    except RayUnreachable as err:
+        if "HTTP 404" in str(err):
+            return None
+        raise
+
+
+def _cluster_job_api(submitted_address: str) -> str:
+    """The job API as seen from inside the cluster: the address the job was submitted to if it
+    answers here (the usual case: the driver runs on the head), else the dashboard's address
+    that `ray.init()` reports."""
+    if submitted_address:
+        try:
+            _http_json(f"{normalise_address(submitted_address)}/api/version", timeout=5.0)
+            return normalise_address(submitted_address)
+        except RayUnreachable:
+            pass
+    import ray
+
+    context = ray.init()
+    url = context.dashboard_url
+    ray.shutdown()
+    if not url:
+        raise RayUnreachable("the cluster reports no dashboard (job API) address")
+    return normalise_address(url)
+
+
+def wait_then_exec(argv: list[str]) -> int:
+    """`after --job ID [--job ID ...] --address URL -- ENTRYPOINT...`: run ENTRYPOINT once every
+    Ray Job named has SUCCEEDED; exit EXIT_DEPENDENCY_FAILED if one failed, was stopped or is unknown."""
+    if "--" not in argv:
+        print("usage: python -m orchestrator.backends.ray after --job ID ... --address URL -- ENTRYPOINT...", file=sys.stderr)
+        return 2
+    split = argv.index("--")
+    options, command = argv[:split], argv[split + 1 :]
+    jobs, address = [], ""
+    for flag, value in zip(options[::2], options[1::2]):
+        if flag == "--job":
+            jobs.append(value)
+        elif flag == "--address":
+            address = value
+    api = _cluster_job_api(address)
+    print(f"[maectl] waiting for {', '.join(jobs)} to succeed (job API {scrub_text(api)})", flush=True)
+    pending = list(jobs)
+    while pending:
+        for job in list(pending):
+            try:
+                status = _job_status(api, job)
+            except RayUnreachable as err:
+                # A restarting head is no reason to give up a queued follow-up: keep trying.
+                print(f"[maectl] cannot ask about {job} ({err}); retrying", flush=True)
+                continue
+            if status == "SUCCEEDED":
+                pending.remove(job)
+            elif status in ("FAILED", "STOPPED", None):
+                print(f"[maectl] not run: {job} {'is unknown to the cluster' if status is None else status.lower()}", flush=True)
+                return EXIT_DEPENDENCY_FAILED
+        if pending:
+            time.sleep(DEPENDENCY_POLL_S)
+    print(f"[maectl] {', '.join(jobs)} succeeded: starting", flush=True)
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] != "after":
+        print("usage: python -m orchestrator.backends.ray after ...", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(wait_then_exec(sys.argv[2:]))

@@ -330,7 +330,21 @@ def executor_parameters(request: LaunchRequest) -> dict:
         "setup": list(slurm.setup) or None, "srun_args": list(slurm.srun_args) or None,
     }
     params.update({k: v for k, v in optional.items() if v is not None})
+    add_dependencies(params, request)  # pipelines: see below
     return params
+
+
+# -- pipelines: afterok (orchestrator/pipelines.py; LaunchRequest.depends_on) -----------------------
+def add_dependencies(params: dict, request: LaunchRequest) -> None:
+    """A follow-up (a fine-tune after its pretraining) waits in the queue until the jobs it follows
+    have completed OK, however often they were requeued (the job id stays). If one of them fails
+    or is cancelled, kill-on-invalid-dep makes SLURM cancel the follow-up at once (reason
+    DependencyNeverSatisfied) rather than leave it pending forever."""
+    if not request.depends_on:
+        return
+    ids = [dep.native_id or f"<job id of {dep.handle}>" for dep in request.depends_on]  # a dry-run has no ids yet
+    params["dependency"] = "afterok:" + ":".join(ids)
+    params["additional_parameters"]["kill-on-invalid-dep"] = "yes"
 
 
 def task_environment(request: LaunchRequest) -> dict[str, str]:
@@ -426,6 +440,7 @@ def _nearest_existing(path: Path) -> Path:
 
 class SlurmBackend(Backend):
     name = "slurm"
+    supports_dependencies = True  # add_dependencies: afterok + kill-on-invalid-dep
 
     # -- pre-submit checks --------------------------------------------------------------------------
     def check(self, request: LaunchRequest) -> None:

@@ -1,11 +1,12 @@
-"""`maectl status JOB`: one job in detail — state, where its things are, its latest metrics."""
+"""`maectl status JOB`: one job in detail — state, where its things are, its latest metrics.
+`maectl status SWEEP`: a sweep's points, one line each, with their follow-ups' accuracies."""
 
 from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("status", help="show one job's state, locations and latest metrics")
-    parser.add_argument("job", help="job handle (a unique prefix will do)")
+    parser = subparsers.add_parser("status", help="show one job's state, locations and latest metrics (or a sweep's points)")
+    parser.add_argument("job", help="job handle or sweep id (a unique prefix will do)")
     parser.set_defaults(handler=run)
 
 
@@ -17,6 +18,12 @@ def run(args) -> int:
     from ._common import ago, console, duration, latest_values, read_metrics, read_run_id
 
     store = open_store()
+    from ..sweeps import find_sweep
+
+    sweep = find_sweep(store, args.job)
+    if sweep is not None:
+        console().print(_sweep_table(sweep, store))
+        return 0
     job = refresh(find_job(store, args.job), store)
     table = Table(show_header=False, title=f"job {job.handle}", title_justify="left")
     table.add_column(style="bold")
@@ -29,6 +36,16 @@ def run(args) -> int:
     table.add_row("backend", f"{job.backend}" + (f", id {job.native_id}" if job.native_id else ""))
     table.add_row("submitted", f"{ago(job.created_at)}, ran {duration(job.created_at, job.finished_at)}")
     table.add_row("output", job.output_dir)
+    if job.sweep_id:
+        sweep = store.get_sweep(job.sweep_id)
+        point = next((p for p in (sweep.points if sweep else []) if p["handle"] == job.handle), None)
+        table.add_row("sweep", f"{job.sweep_id}" + (f", point {sweep.points.index(point) + 1}/{len(sweep.points)}: {_label(point['values'])}" if point else ""))
+    if job.after:
+        table.add_row("after", f"{job.after} (starts from its final checkpoint once it completed)")
+    for followup in store.jobs_where(after=job.handle):
+        followup = refresh(followup, store)
+        table.add_row("then", f"{followup.handle} {followup.experiment}: [{followup.state.style}]{followup.state.value}[/]"
+                              + _top1(followup))
     if job.log_path:
         table.add_row("log", job.log_path)
     if job.tracking_uri:
@@ -42,3 +59,76 @@ def run(args) -> int:
             table.add_row(key, f"{value:.4g} (step {step})")
     console().print(table)
     return 0
+
+
+def _label(values: dict) -> str:
+    from ..experiments import format_value
+
+    return " ".join(f"{k}={format_value(v)}" for k, v in values.items())
+
+
+def _top1(job) -> str:
+    from ._common import latest_values, read_metrics
+
+    latest = latest_values(read_metrics(job.output_dir))
+    return f", eval/top1 {latest['eval/top1'][1]:.4g}" if "eval/top1" in latest else ""
+
+
+# Per point, the last value of the first of these that the job logged (a column only if some point has it).
+_POINT_METRICS = (("loss", ("epoch/loss", "train/loss")), ("knn/top1", ("knn/top1",)), ("eval/top1", ("eval/top1",)))
+
+
+def _sweep_table(sweep, store):
+    from rich.table import Table
+
+    from ..experiments import format_value
+    from ..submission import mlflow_ui_hint, refresh
+    from ..sweeps import close_parent_if_ended
+    from ._common import ago, duration, latest_values, read_metrics
+
+    jobs = {j.handle: refresh(j, store) for j in store.jobs_where(sweep_id=sweep.sweep_id)}
+    sweep = close_parent_if_ended(sweep, list(jobs.values()), store)
+    followups: dict[str, list] = {}
+    for job in jobs.values():
+        if job.after:
+            followups.setdefault(job.after, []).append(job)
+    stages = sorted({f.experiment for group in followups.values() for f in group})
+    keys = [key for key, _ in sweep.axes]
+    rows = []
+    for i, point in enumerate(sweep.points):
+        job = jobs.get(point["handle"])
+        if job is None:
+            continue
+        latest = latest_values(read_metrics(job.output_dir))
+        metrics = {}
+        for name, candidates in _POINT_METRICS:
+            found = next((latest[n] for n in candidates if n in latest), None)
+            if found:
+                metrics[name] = f"{found[1]:.4g}"
+        cells = []
+        for stage in stages:
+            follow = next((f for f in followups.get(job.handle, []) if f.experiment == stage), None)
+            if follow is None:
+                cells.append("-")
+                continue
+            top1 = latest_values(read_metrics(follow.output_dir)).get("eval/top1")
+            cells.append(f"{top1[1]:.4g}" if follow.state.value == "completed" and top1 else f"[{follow.state.style}]{follow.state.value}[/]")
+        rows.append(([str(i + 1), *(format_value(point["values"].get(k)) for k in keys), job.handle,
+                      f"[{job.state.style}]{job.state.value}[/]", duration(job.created_at, job.finished_at)], metrics, cells))
+    shown = [name for name, _ in _POINT_METRICS if any(name in metrics for _, metrics, _ in rows)]
+    table = Table("#", *keys, "job", "state", "ran", *shown, *(f"{stage} top1" for stage in stages),
+                  title=f"sweep {sweep.sweep_id}: {sweep.experiment} ({sweep.source}) on {sweep.backend}, {len(sweep.points)} point(s), "
+                        f"submitted {ago(sweep.created_at)}", title_justify="left")
+    for head, metrics, cells in rows:
+        table.add_row(*head, *(metrics.get(name, "-") for name in shown), *cells)
+    notes = []
+    if sweep.overrides:
+        notes.append(f"fixed: {' '.join(sweep.overrides)}")
+    if sweep.parent_run_id:
+        notes.append(f"MLflow: parent run {sweep.parent_run_id} in experiment {sweep.tracking_experiment!r}"
+                     + (" (ended)" if sweep.closed_at else "") + f"; {mlflow_ui_hint(sweep.tracking_uri)}")
+    if stages:
+        notes.append("the follow-ups' final eval/top1 (%), also logged on each point's MLflow run")
+    table.caption = "\n".join(notes)
+    table.caption_justify = "left"
+    return table

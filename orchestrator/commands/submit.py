@@ -25,20 +25,29 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..submission import prepare, render_dry_run, submit
+    from ..pipelines import prepare_followups, render_followups, submit
+    from ..submission import prepare, render_dry_run
 
     if args.dry_run:
         prepared = prepare(args.experiment, args.overrides, backend=args.backend, dry_run=True)
+        followups = prepare_followups(prepared, dry_run=True)  # a pipeline's: checked and shown too
         sys.stdout.write(render_dry_run(prepared))
+        sys.stdout.write(render_followups(prepared, followups))
         legend = ", ".join(f"{token} = {real}" for real, token in sorted(_legend(prepared), key=lambda kv: kv[1]))
         print(f"# dry-run: nothing submitted or recorded. {legend}", file=sys.stderr)
         return 0
-    record, prepared = submit(args.experiment, args.overrides, backend=args.backend, say=_say)
-    print_submitted(record, prepared)
+    record, prepared, followups = submit(args.experiment, args.overrides, backend=args.backend, say=_say)
+    print_submitted(record, prepared, followups)
     if args.wait:
         from ..progress import follow
 
-        return follow(record)
+        code = follow(record)
+        if followups:  # after a failed pretraining they end at once, CANCELLED: shown, but its code wins
+            from .sweep import follow_jobs
+
+            rest = follow_jobs([f.handle for f in followups])
+            code = code or rest
+        return code
     return 0
 
 
@@ -52,7 +61,7 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def print_submitted(record, prepared) -> None:
+def print_submitted(record, prepared, followups=()) -> None:
     from ..submission import mlflow_ui_hint
     from ._common import console
 
@@ -66,3 +75,6 @@ def print_submitted(record, prepared) -> None:
     out.print(f"  status   maectl status {record.handle}", markup=False)
     if record.tracking_uri:
         out.print(f"  MLflow   experiment {prepared.resolved.tracking_experiment!r}: {mlflow_ui_hint(prepared.request.spec['tracking']['uri'])}", markup=False)
+    for followup in followups:
+        out.print(f"  then     [bold]{followup.handle}[/]  {followup.experiment} from {record.handle}'s final checkpoint: "
+                  f"[{followup.state.style}]{followup.state.value}[/]" + (f" ({followup.message})" if followup.message else ""))
