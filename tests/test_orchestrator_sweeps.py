@@ -266,3 +266,46 @@ def test_local_sweep_one_parent_run_and_a_child_per_point(tmp_path, demo_shards,
     listing = maectl(["list", "--jobs"], env)
     assert sweep_id in listing.stdout and "2 completed" in listing.stdout
     assert listing.stdout.count(sweep_id) == 3  # the sweep's row and each point's "part of"
+
+
+# -- SLURM: the points as one job array ----------------------------------------------------------
+def test_slurm_dry_run_is_one_array_script_matching_golden(tmp_path):
+    result = maectl([*SWEEP_GOLDEN, "--backend", "slurm"], clean_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert_no_secrets(result.stdout + result.stderr)
+    golden = GOLDEN / "sweep_dry_run_slurm.txt"
+    if os.environ.get("MAECTL_UPDATE_GOLDEN"):
+        golden.write_text(result.stdout)
+    assert result.stdout == golden.read_text(), f"rendering changed; if intended: MAECTL_UPDATE_GOLDEN=1 pytest {__file__}"
+    assert str(tmp_path) not in result.stdout
+    assert result.stdout.count("#!/bin/bash") == 1 and result.stdout.count("#SBATCH --array=0-1%2") == 1
+    assert "#SBATCH --output='<output_root>/pretrain-vit-tiny-demo/<sweep>/slurm/%A_%a_0_log.out'" in result.stdout
+    assert "#SBATCH --job-name='pretrain-vit-tiny-demo.<sweep>'" in result.stdout
+    assert result.stdout.count("# --- <output_root>/pretrain-vit-tiny-demo/<sweep>/slurm/<handle>/job.yaml ---") == 2
+    assert "mask_ratio: 0.5" in result.stdout and "mask_ratio: 0.9" in result.stdout
+    assert jobs_recorded(tmp_path) == 0 and not (tmp_path / "home").exists() and not (tmp_path / "out").exists()
+
+
+def test_slurm_points_with_different_allocations_are_separate_jobs(isolated, demo_shards):
+    from orchestrator.backends.slurm import array_folder, array_plan
+
+    job, limit = tiny_sweep(isolated, demo_shards), "resources.time_limit_min=30"
+    same = [p.prepared.request for p in plan(job, ["model.mask_ratio=0.5,0.9", limit], backend="slurm", dry_run=True).points]
+    folder, params, max_requeues = array_plan(same)
+    assert folder == array_folder(same[0]) == f"{isolated}/out/tiny-sweep/<sweep>/slurm" and params["array_parallelism"] == 2
+    assert params["job_name"] == "tiny-sweep.<sweep>" and params["comment"] == "maectl <sweep>" and max_requeues == 3
+    configured = [p.prepared.request for p in plan(job, ["model.mask_ratio=0.5,0.9", limit, "slurm.job_folder=/shared/jobs"],
+                                                   backend="slurm", dry_run=True).points]
+    assert array_plan(configured)[0] == "/shared/jobs/<sweep>"
+    # Another allocation per point, another requeue bound, or a dependency: one job per point.
+    for axis in ("resources.mem_gb=1,2", "slurm.max_requeues=1,2"):
+        requests = [p.prepared.request for p in plan(job, [axis, limit], backend="slurm", dry_run=True).points]
+        assert array_plan(requests) is None, axis
+    same[1].depends_on = [same[0]]
+    assert array_plan(same) is None
+    assert array_plan(same[:1]) is None  # one point: a plain job
+    sweep = plan(job, ["resources.mem_gb=1,2", limit], backend="slurm", dry_run=True)
+    from orchestrator.sweeps import render_dry_run
+
+    text = render_dry_run(sweep)
+    assert text.count("#!/bin/bash") == 2 and "--array" not in text

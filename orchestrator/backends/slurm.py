@@ -292,6 +292,42 @@ def job_folder(request: LaunchRequest) -> str:
     return f"{request.experiment.run.output_dir.rstrip('/')}/{JOB_FOLDER}"
 
 
+def array_folder(request: LaunchRequest) -> str:
+    """A sweep's job array folder (one for all points): <slurm.job_folder>/<sweep id>, else
+    <output_root>/<experiment>/<sweep id>/slurm. Each point's spec goes to <folder>/<handle>/job.yaml."""
+    sweep_id = request.spec["sweep"]["id"]
+    configured = request.experiment.spec.slurm.job_folder
+    if configured:
+        return f"{configured.rstrip('/')}/{sweep_id}"
+    return f"{request.experiment.output_root.rstrip('/')}/{request.experiment.name}/{sweep_id}/{JOB_FOLDER}"
+
+
+def array_plan(requests: list[LaunchRequest]) -> tuple[str, dict, int] | None:
+    """(folder, executor parameters, max requeues) of one job array for these sweep points, or
+    None where they must be separate jobs: fewer than 2, not one sweep, a dependency (afterok is
+    per job), different allocations or requeue bounds, or a folder the points' own checks did not cover."""
+    if len(requests) < 2 or any(r.depends_on or "sweep" not in r.spec for r in requests):
+        return None
+    first = requests[0]
+    if any(r.spec["sweep"]["id"] != first.spec["sweep"]["id"] or r.experiment.name != first.experiment.name for r in requests):
+        return None
+
+    def shared(request: LaunchRequest) -> dict:
+        params = {k: v for k, v in executor_parameters(request).items() if k not in ("job_name", "comment")}
+        return {**params, "max_requeues": request.experiment.spec.slurm.max_requeues}
+
+    params = shared(first)
+    if any(shared(r) != params for r in requests[1:]):
+        return None
+    folder = array_folder(first)
+    if "://" in folder or not os.path.isabs(folder) or (first.resources.nodes > 1 and _is_node_local(folder)):
+        return None  # e.g. output_root on s3:// with output_dir elsewhere: separate jobs, each in its checked folder
+    max_requeues = params.pop("max_requeues")
+    sweep_id = first.spec["sweep"]["id"]
+    params.update({"job_name": f"{first.experiment.name}.{sweep_id}", "comment": f"maectl {sweep_id}", "array_parallelism": len(requests)})
+    return folder, params, max_requeues
+
+
 def _mem(mem_gb: float) -> str:
     # As submitit writes it: whole GB when it can, else MB.
     return f"{int(mem_gb)}GB" if mem_gb == int(mem_gb) else f"{int(mem_gb * 1024)}MB"
@@ -569,6 +605,73 @@ class SlurmBackend(Backend):
         log_path = f"{folder}/{job.job_id}_0_log.out"  # rank 0's, which also holds the job script's output
         info = {"job_id": job.job_id, "folder": folder, "tasks": request.resources.world_size, "spec": spec_path}
         return Submitted(native_id=job.job_id, log_path=log_path, info=info, state=JobState.PENDING)
+
+    # -- sweeps: one job array ------------------------------------------------------------------------
+    def submit_array(self, requests: list[LaunchRequest]) -> list[Submitted]:
+        """A sweep's points as ONE job array (`sbatch --array=0-(N-1)%N`) when they ask for the same
+        allocation and none waits on another job; otherwise one job per point (the default).
+        Array task i runs point i; its SLURM id is `<array id>_<i>`, which scontrol, sacct,
+        scancel and `scontrol requeue` (submitit's, on the warning signal) take as one job, so
+        status, logs, cancel and requeues work per point. Each task is its own SLURM job
+        (its own SLURM_JOB_ID, hence MASTER_PORT, and SLURM_RESTART_COUNT)."""
+        plan = array_plan(requests)
+        if plan is None:
+            return super().submit_array(requests)
+        folder, params, max_requeues = plan
+        try:
+            spec_paths = []
+            for request in requests:
+                spec_path = f"{folder}/{request.handle}/{SPEC_NAME}"
+                write_spec(Path(spec_path), request.spec)
+                spec_paths.append(spec_path)
+            executor = _executor(folder, params, max_requeues)
+            with executor.batch():
+                jobs = [executor.submit(SlurmTask(spec_path, task_environment(request), max_requeues))
+                        for request, spec_path in zip(requests, spec_paths)]
+        except Exception as err:  # noqa: BLE001 — one sbatch for all: every point failed to launch
+            error = scrub_text(f"{type(err).__name__}: {err}")
+            return [Submitted(native_id=None, log_path=None, info={"error": error}, state=JobState.FAILED) for _ in requests]
+        results = []
+        for request, spec_path, job in zip(requests, spec_paths, jobs):
+            # submitit: --output <folder>/%A_%a_%t_log.out, job.job_id "<array id>_<i>"
+            info = {"job_id": job.job_id, "folder": folder, "tasks": request.resources.world_size, "spec": spec_path,
+                    "array": job.job_id.split("_")[0]}
+            results.append(Submitted(native_id=job.job_id, log_path=f"{folder}/{job.job_id}_0_log.out", info=info, state=JobState.PENDING))
+        return results
+
+    def dry_run_array(self, requests: list[LaunchRequest]) -> str:
+        """The one sbatch script of the array, then each point's environment and spec."""
+        plan = array_plan(requests)
+        if plan is None:
+            return super().dry_run_array(requests)
+        folder, params, max_requeues = plan
+        first, n = requests[0], len(requests)
+        res = first.resources
+        executor = _executor(folder, params, max_requeues, render_only=True)
+        executor.parameters["map_count"] = n  # what submitit's batch() sets: --array, %A_%a in the log names
+        script = executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+        lines = [
+            f"# slurm backend (submitit): ONE job array of {n} task(s), array task i = sweep point i+1; each: {res.describe()}, "
+            f"one task per {'GPU' if res.gpus_per_node else 'rank'}, {res.world_size} rank(s)",
+            f"# writes {folder}/<handle>/{SPEC_NAME} per point (below) and submitit's pickled tasks, then runs: "
+            f"sbatch {folder}/<array id>_submission.sh",
+            "# point i's SLURM job id: <array id>_<i-1> (maectl status/logs/cancel act on one point); each array task is its own job:",
+            f"# MASTER_PORT = {MASTER_PORT_BASE} + its SLURM_JOB_ID % {MASTER_PORT_SPAN}; requeues at most {max_requeues} times, each point on its own",
+            f"# sbatch passes on the submitting environment (run in {os.getcwd()})",
+            f"# output: {folder}/<array id>_<i-1>_<task>_log.out (task 0: `maectl logs`)",
+            "# --- sbatch script ---",
+            scrub_text(script).rstrip(),
+        ]
+        for i, request in enumerate(requests):
+            label = request.spec.get("sweep", {}).get("label") or request.handle
+            lines += [
+                f"# === {i + 1}/{n}: {label} (array task {i}) ===",
+                "# each task adds:",
+                *(f"#   {k}={shell_quote(v)}" for k, v in passed_environment(task_environment(request)).items()),
+                f"# --- {folder}/{request.handle}/{SPEC_NAME} ---",
+                scrub_text(dump_spec(request.spec)).rstrip(),
+            ]
+        return "\n".join(lines) + "\n"
 
     # -- status / logs / cancel -----------------------------------------------------------------------
     def status(self, record) -> Status:
