@@ -466,3 +466,50 @@ def test_cancel_shows_cancelled_and_ends_the_mlflow_run(slurm_job_env):
     _, runs = _mlflow_runs(slurm_job_env["uri"], slurm_job_env["experiment"])
     assert len(runs) == 1 and runs[0].info.status == "KILLED"
     print(f"\n[slurm] cancel: RUNNING -> cancelled in {took:.1f}s, MLflow run KILLED")
+
+
+@pytest.mark.integration
+def test_sweep_is_one_job_array_two_points_completed_one_parent_run(slurm_job_env, demo_shards, tmp_path, capsys):
+    """`maectl sweep --backend slurm`: the points go to ONE `sbatch --array`; each array task
+    (`<array id>_<i>`) runs its point to COMPLETED, with its own MLflow run under one parent."""
+    from orchestrator.store import open_store
+    from tests.test_orchestrator_sweeps import tiny_sweep
+
+    job = tiny_sweep(tmp_path, demo_shards, steps=2, tracking=True)
+    overrides = ["resources.time_limit_min=30", "resources.mem_gb=2", "monitor.knn_every_epochs=null", "monitor.recon_every_epochs=null",
+                 "train.device=cpu", "model.decoder_depth=1", *(o for o in slurm_job_env["overrides"] if o.startswith("resources.partition=")),
+                 f"tracking.uri={slurm_job_env['uri']}", f"tracking.experiment={slurm_job_env['experiment']}"]
+    started = time.monotonic()
+    assert main(["sweep", job, "model.mask_ratio=0.5,0.9", *overrides, "--backend", "slurm", "--wait"]) == 0, capsys.readouterr()
+    elapsed = time.monotonic() - started
+    out = capsys.readouterr().out
+    sweep_id = re.search(r"submitted sweep (sweep-[0-9a-f]{6})", out)[1]
+    records = sorted(_records(), key=lambda r: r.native_id)
+    assert len(records) == 2, records
+    array_id = records[0].native_id.split("_")[0]
+    assert [r.native_id for r in records] == [f"{array_id}_0", f"{array_id}_1"] and array_id.isdigit()
+    folder = tmp_path / "out" / "tiny-sweep" / sweep_id / "slurm"
+    ports = set()
+    for i, record in enumerate(records):
+        assert record.state == JobState.COMPLETED and record.exit_code == 0, (record, _log(record)[-3000:])
+        assert record.info["array"] == array_id and record.info["spec"] == f"{folder}/{record.handle}/job.yaml"
+        assert record.log_path == f"{folder}/{array_id}_{i}_0_log.out"
+        log = _log(record)
+        assert f"SLURM job {array_id}_{i}, run 1" in log and "done: 0 epochs, 2 steps" in log, log[-2000:]
+        ports.add(re.search(r"rendezvous \S+:(\d+)", log)[1])
+        assert SlurmBackend().status(record).state == JobState.COMPLETED  # scontrol/sacct take <array id>_<i>
+    assert len(ports) == 2  # MASTER_PORT from each array task's own SLURM_JOB_ID: two points on one node do not collide
+    assert [p.name for p in folder.glob("*_submission.sh")] == [f"{array_id}_submission.sh"]  # one sbatch
+    script = (folder / f"{array_id}_submission.sh").read_text()
+    assert "#SBATCH --array=0-1%2" in script and f"#SBATCH --job-name=tiny-sweep.{sweep_id}" in script
+    # One parent run, a child per point, each point's own.
+    client, runs = _mlflow_runs(slurm_job_env["uri"], slurm_job_env["experiment"])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 2, [(r.info.run_name, r.data.tags.get("mlflow.parentRunId")) for r in runs]
+    assert parents[0].info.run_name == sweep_id and parents[0].info.status == "FINISHED"
+    assert {r.info.run_name for r in children} == {r.handle for r in records}
+    assert {r.data.params["model.mask_ratio"] for r in children} == {"0.5", "0.9"}
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id and r.info.status == "FINISHED" for r in children)
+    assert open_store().get_sweep(sweep_id) is not None
+    print(f"\n[slurm] 2-point sweep as job array {array_id}: {elapsed:.1f}s from `maectl sweep` to both COMPLETED")
