@@ -48,12 +48,12 @@ def _run(case: dict, data_url: str, out: Path, world_size: int) -> dict:
     }
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(config))
-    threads = str(max(1, (os.cpu_count() or 2) // world_size))
     port = str(_free_port())
     procs = []
     for rank in range(world_size):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": threads}
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        env.pop("OMP_NUM_THREADS", None)  # the engine picks its threads (cpu_compute_threads)
         procs.append(subprocess.Popen([sys.executable, "-m", "mae_core.train", str(path)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for p in procs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import resource
 import signal
 import time
@@ -96,10 +97,24 @@ def _same_architecture(saved: dict, current: dict) -> list[str]:
     return [k for k in shape_keys if k in saved and k in current and saved[k] != current[k]]
 
 
+def cpu_compute_threads(num_workers: int, world_size: int) -> int:
+    """Intra-op threads for a CPU rank: its share of the cores minus its loader workers.
+
+    torch's default (all cores) oversubscribes as soon as loader workers or other ranks run
+    beside it, and its spinning threads then stall: measured 32 vs 600 images/s for the tiny
+    model on 2 cores with one loader worker (docs/benchmarks.md).
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    return max(1, cpus // max(local_ranks, 1) - num_workers)
+
+
 def train(cfg: RunConfig, sink: MetricSink | None = None, env: DistEnv | None = None, stop: StopFlag | None = None) -> RunSummary:
     """Run `cfg` to completion (or until stopped). Only rank 0 writes to `sink` and checkpoints."""
     env = env or env_from_environ()
     device = pick_device(cfg.train.device, env)
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(cpu_compute_threads(cfg.data.num_workers, env.world_size))
     init_distributed(env, device)
     try:
         return _Trainer(cfg, sink if env.is_main and sink is not None else NullSink(), env, device, stop or StopFlag()).run()
