@@ -18,6 +18,7 @@ backend honours only if it sets `supports_dependencies`.
 from __future__ import annotations
 
 import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -165,3 +166,29 @@ def shell_quote(word: str) -> str:
     import shlex
 
     return shlex.quote(word) if word and not word.startswith("<") else (word or "''")
+
+
+def follow_log(path: Path, follow: bool, active, wait_s: float = 0.5) -> Iterator[str]:
+    """Lines of a job's log file, secrets scrubbed. With `follow`, keep reading while
+    `active()` says the job may still write (pending, running, requeued); then one last read,
+    since a job may write its final lines as it ends. Partial lines are held until complete."""
+    while follow and not path.exists() and active():
+        time.sleep(wait_s)  # queued: no log yet
+    if not path.exists():
+        return
+    with open(path, errors="replace") as f:
+        pending = ""
+        while True:
+            chunk = f.readline()
+            if chunk:
+                pending += chunk
+                if pending.endswith("\n"):
+                    yield scrub_text(pending)
+                    pending = ""
+                continue
+            if not follow or not active():
+                rest = pending + f.read()
+                if rest:
+                    yield scrub_text(rest if rest.endswith("\n") else rest + "\n")
+                return
+            time.sleep(0.25)

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..redact import scrub_text
-from .base import (EXIT_DEPENDENCY_FAILED, Backend, LaunchRequest, Status, Submitted, passed_environment, shell_quote,
+from .base import (EXIT_DEPENDENCY_FAILED, Backend, LaunchRequest, Status, Submitted, follow_log, passed_environment, shell_quote,
                    write_spec)
 from .states import JobState
 
@@ -159,28 +159,8 @@ class LocalBackend(Backend):
     # -- logs ------------------------------------------------------------------------------------
     def logs(self, record, follow: bool = False) -> Iterator[str]:
         path = Path(record.log_path or Path(record.job_dir) / LOG_FILE)
-        while follow and not path.exists() and not self.status(record).state.terminal:
-            time.sleep(0.2)
-        if not path.exists():
-            return
-        with open(path, errors="replace") as f:
-            pending = ""
-            while True:
-                chunk = f.readline()
-                if chunk:
-                    pending += chunk
-                    if pending.endswith("\n"):
-                        yield scrub_text(pending)
-                        pending = ""
-                    continue
-                # A follow-up waiting for its pretraining is PENDING: keep following it too.
-                if not follow or self.status(record).state.terminal:
-                    # One more read: the job may have written its last lines as it ended.
-                    rest = pending + f.read()
-                    if rest:
-                        yield scrub_text(rest if rest.endswith("\n") else rest + "\n")
-                    return
-                time.sleep(0.25)
+        # A follow-up waiting for its pretraining is PENDING: keep following it too.
+        yield from follow_log(path, follow, lambda: not self.status(record).state.terminal, wait_s=0.2)
 
     # -- cancel ----------------------------------------------------------------------------------
     def cancel(self, record) -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from ..experiments import HANDLE_PLACEHOLDER
 from ..redact import scrub_text
-from .base import Backend, LaunchRequest, Status, Submitted, dump_spec, passed_environment, shell_quote, write_spec
+from .base import Backend, LaunchRequest, Status, Submitted, dump_spec, follow_log, passed_environment, shell_quote, write_spec
 from .local import EXIT_MEANINGS
 from .states import JobState
 
@@ -713,27 +713,8 @@ class SlurmBackend(Backend):
             next_status = time.monotonic() + status_every_s
             return not self.status(record).state.terminal
 
-        while follow and not path.exists() and active():
-            time.sleep(0.5)  # pending in the queue: no log yet
-        if not path.exists():
-            return
-        with open(path, errors="replace") as f:
-            pending = ""
-            while True:
-                chunk = f.readline()
-                if chunk:
-                    pending += chunk
-                    if pending.endswith("\n"):
-                        yield scrub_text(pending)
-                        pending = ""
-                    continue
-                # A requeued job appends its next run to the same file: keep following through REQUEUED.
-                if not follow or not active():
-                    rest = pending + f.read()
-                    if rest:
-                        yield scrub_text(rest if rest.endswith("\n") else rest + "\n")
-                    return
-                time.sleep(0.25)
+        # A requeued job appends its next run to the same file: keep following through REQUEUED.
+        yield from follow_log(path, follow, active)
 
     def cancel(self, record) -> None:
         result = subprocess.run(["scancel", str(record.native_id)], capture_output=True, text=True, timeout=60)
