@@ -94,9 +94,6 @@ class MonitorConfig:
     knn_k: int = 20
     knn_temperature: float = 0.07
     knn_max_train_samples: int = 20000
-    # Features for the kNN: the normed cls token, or the mean of the normed patch tokens. MAE's
-    # loss never trains the cls token; mean pooling shows what the encoder learned sooner.
-    knn_pool: Literal["cls", "avg"] = "cls"
     recon_every_epochs: int | None = None  # reconstruction PNG through the sink
     recon_images: int = 8
 

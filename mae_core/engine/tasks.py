@@ -115,7 +115,7 @@ class PretrainTask(Task):
         self.model.eval()
         for images, y in self._eval_loader(split, max_samples):
             keep = y != IGNORE_LABEL  # the loader pads eval batches with ignored labels
-            feats.append(self.model.extract_features(images[keep].to(self.device), pool=self.cfg.monitor.knn_pool).float().cpu())
+            feats.append(self.model.extract_features(images[keep].to(self.device), pool="cls").float().cpu())
             labels.append(y[keep])
         self.model.train(was_training)
         return torch.cat(feats), torch.cat(labels)
