@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-STRATEGIES = ("random", "block", "grid")
+from .models.config import MASK_STRATEGIES as STRATEGIES  # noqa: E402 — plain data
 
 
 @dataclass(frozen=True)

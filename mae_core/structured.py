@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -19,6 +20,36 @@ class ConfigError(ValueError):
     def __init__(self, key: str, message: str):
         self.key = key
         super().__init__(f"{key}: {message}" if key else message)
+
+
+# Beyond these, a number is a typo or an overflow (`1e400` reads as inf), never a setting.
+SANE_INT = 2**53
+SANE_FLOAT = 1e15
+
+
+def bounded(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None, **kwargs):
+    """A dataclass field whose numeric value must lie in a range; `from_dict` checks it and says
+    which, e.g. `train.epochs: must be in [1, 100000], got 0`."""
+    metadata = {"bounds": (ge, gt, le, lt), **kwargs.pop("metadata", {})}
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def _range_text(ge, gt, le, lt) -> str:
+    low = f"[{ge:g}" if ge is not None else f"({gt:g}" if gt is not None else "(-inf"
+    high = f"{le:g}]" if le is not None else f"{lt:g})" if lt is not None else "inf)"
+    return f"{low}, {high}"
+
+
+def check_bounds(value: Any, bounds: tuple, key: str) -> None:
+    """ConfigError unless every number in `value` (a number, or a list/tuple of them) is in range."""
+    ge, gt, le, lt = bounds
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        if item is None or isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue
+        if ((ge is not None and item < ge) or (gt is not None and item <= gt)
+                or (le is not None and item > le) or (lt is not None and item >= lt)):
+            raise ConfigError(key, f"must be in {_range_text(ge, gt, le, lt)}, got {item!r}")
 
 
 def _join(prefix: str, key: str) -> str:
@@ -39,13 +70,16 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
                 return _convert(value, arg, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(key, f"expected {_describe(hint)}, got {value!r}")
+        raise ConfigError(key, f"expected {_describe(hint)}, got {_show(value)}")
     if origin is Literal:
         if value not in args:
             close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
             hint_text = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(key, f"must be one of {', '.join(map(repr, args))}, got {value!r}{hint_text}")
         return value
+    if isinstance(hint, type) and hasattr(hint, "from_plain"):
+        # A section with its own reading (e.g. `model:`, a registry name plus overrides).
+        return value if isinstance(value, hint) else hint.from_plain(value, key)
     if dataclasses.is_dataclass(hint):
         if isinstance(value, hint):
             return value
@@ -54,7 +88,7 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         return from_dict(hint, value, prefix=key)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(key, f"expected a list, got {value!r}")
+            raise ConfigError(key, f"expected a list, got {_show(value)}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(key, f"expected {len(args)} values, got {len(value)}")
@@ -71,20 +105,44 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(key, f"expected true or false, got {value!r}")
         return value
     if hint is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer() and abs(value) <= SANE_INT:
+            value = int(value)  # `1e3` in YAML is a float; a whole number is what was meant
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(key, f"expected an integer, got {value!r}")
+            raise ConfigError(key, f"expected an integer, got {_show(value)}")
+        if abs(value) > SANE_INT:
+            raise ConfigError(key, f"{value} is beyond any sane setting (|x| <= 2**53)")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(key, f"expected a number, got {value!r}")
-        return float(value)
+            raise ConfigError(key, f"expected a number, got {_show(value)}")
+        if isinstance(value, int) and abs(value) > SANE_FLOAT:
+            raise ConfigError(key, f"{value} is beyond any sane setting (|x| <= {SANE_FLOAT:g})")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number, got {value!r} (a value too large for a float reads as inf)")
+        if abs(value) > SANE_FLOAT:
+            raise ConfigError(key, f"{value:g} is beyond any sane setting (|x| <= {SANE_FLOAT:g})")
+        return value
     if hint is str:
         if not isinstance(value, str):
-            raise ConfigError(key, f"expected a string, got {value!r}")
+            raise ConfigError(key, f"expected a string, got {_show(value)}")
         return value
     if isinstance(hint, type) and not isinstance(value, hint):
         raise ConfigError(key, f"expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it, in YAML's words rather than Python's."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    return repr(value)
 
 
 def _describe(hint: Any) -> str:
@@ -107,6 +165,8 @@ def from_dict(cls: type, data: dict, prefix: str = ""):
     for name, f in fields.items():
         if name in data:
             kwargs[name] = _convert(data[name], hints[name], _join(prefix, name))
+            if "bounds" in f.metadata:
+                check_bounds(kwargs[name], f.metadata["bounds"], _join(prefix, name))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(_join(prefix, name), "is required")
     try:
@@ -126,6 +186,8 @@ def to_dict(obj) -> dict:
     """Dataclass -> plain dict of YAML/JSON-safe values (tuples become lists)."""
 
     def plain(v):
+        if hasattr(v, "to_plain"):
+            return v.to_plain()
         if dataclasses.is_dataclass(v):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (list, tuple)):

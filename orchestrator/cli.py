@@ -28,7 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides (KEY=VALUE) may come before, between or after flags: argparse stops filling the
+    # `overrides` positional at the first flag, so collect what it left over, in order.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        target = next((name for name in ("overrides", "arguments") if hasattr(args, name)), None)
+        if target is None or any(item.startswith("-") for item in extra):
+            parser.parse_args(argv)  # argparse's own "unrecognized arguments" message, exit 2
+        setattr(args, target, [*(getattr(args, target) or []), *extra])
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

@@ -96,8 +96,8 @@ def _check_followup(pretrain: ResolvedExperiment, resolved: ResolvedExperiment, 
     differs = [f for f in _ENCODER_FIELDS if getattr(mine, f) != getattr(theirs, f)]
     if differs:
         detail = ", ".join(f"{f} {getattr(mine, f)} vs {getattr(theirs, f)}" for f in differs)
-        raise resolved.locator.error("model.name", f"{resolved.run.model['name']} does not match the encoder that "
-                                                   f"{pretrain.source_display} pretrains ({pretrain.run.model['name']}): {detail}; "
+        raise resolved.locator.error("model.name", f"{resolved.run.model.name} does not match the encoder that "
+                                                   f"{pretrain.source_display} pretrains ({pretrain.run.model.name}): {detail}; "
                                                    f"it could not load {final_checkpoint(pretrain)}")
     return [placeholder_dependency(pretrain_prepared)]
 

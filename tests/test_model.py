@@ -43,10 +43,13 @@ def test_registry_has_the_paper_sizes():
 
 
 def test_unknown_names_suggest():
-    with pytest.raises(KeyError, match="mae_vit_base_patch16"):
+    from mae_core.structured import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'mae_vit_base_patch16'"):
         build_model("mae_vit_bas_patch16")
-    with pytest.raises(TypeError, match="norm_pix_loss"):
+    with pytest.raises(ConfigError, match="norm_pix_loss") as err:
         build_model(MICRO, norm_pix_los=True)
+    assert err.value.key == "norm_pix_los"
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -78,11 +78,11 @@ def test_the_paper_recipes_are_shipped():
 def test_pretrain_recipe(size, model, batch, accum, epochs):
     r = resolve(f"pretrain-vit-{size}-{epochs}ep")
     run = r.run
-    assert run.model["name"] == model and run.train.epochs == epochs
+    assert run.model.name == model and run.train.epochs == epochs
     assert r.spec.global_batch == 4096 and run.data.batch_size == batch and run.train.accum_iter == accum
     assert run.optim.name == "adamw" and run.optim.base_lr == 1.5e-4 and run.optim.betas == (0.9, 0.95)
     assert run.optim.weight_decay == 0.05 and run.optim.warmup_epochs == 40
-    assert run.model["norm_pix_loss"] is True and run.model["mask_ratio"] == 0.75
+    assert run.model.arch.norm_pix_loss is True and run.model.arch.mask_ratio == 0.75
     assert run.data.crop_scale == (0.2, 1.0)
 
 
@@ -110,7 +110,7 @@ def test_linprobe_recipe(size):
 def test_demo_job_is_tiny_and_local(tmp_path):
     r = resolve("pretrain-vit-tiny-demo")
     assert r.spec.backend == "local" and r.spec.resources.world_size == 1 and r.spec.resources.gpus == 0
-    assert r.run.model["name"] in ("mae_vit_micro_patch4_32", "mae_vit_tiny_patch4_32")
+    assert r.run.model.name in ("mae_vit_micro_patch4_32", "mae_vit_tiny_patch4_32")
     assert r.run.data.url == str(tmp_path / "out" / "datasets" / "demo") and r.uses_demo_data
     assert r.run.monitor.knn_every_epochs and r.run.monitor.recon_every_epochs
     assert r.spec.tracking.uri is None  # default: local SQLite under the output root
@@ -133,7 +133,7 @@ def test_extends_deep_merges_and_overrides_win(jobs):
     assert run.optim.base_lr == 2e-3  # mid over base
     assert run.data.batch_size == 8 and run.data.img_size == 32  # child over mid, siblings kept
     assert run.train.epochs == 2 and run.train.max_steps == 7  # override over files
-    assert run.model == {"name": "mae_vit_micro_patch4_32", "norm_pix_loss": True, "mask_ratio": 0.9}
+    assert run.model.name == "mae_vit_micro_patch4_32" and run.model.overrides() == {"norm_pix_loss": True, "mask_ratio": 0.9}
     assert run.optim.betas == (0.8, 0.9)
     assert r.spec.description == "a child" and r.spec.resources.world_size == 2
     assert run.output_dir == f"{r.output_root}/child/<handle>"

@@ -89,7 +89,7 @@ def test_plan_from_block_and_command_line(isolated, demo_shards):
                                                 {"model.mask_ratio": 0.9, "model.decoder_depth": 1}, {"model.mask_ratio": 0.9, "model.decoder_depth": 2}]
     for point in sweep.points:
         run = point.prepared.resolved.run
-        assert run.model["mask_ratio"] == point.values["model.mask_ratio"] and run.model["decoder_depth"] == point.values["model.decoder_depth"]
+        assert run.model.arch.mask_ratio == point.values["model.mask_ratio"] and run.model.arch.decoder_depth == point.values["model.decoder_depth"]
         assert run.train.epochs == 2
         assert point.prepared.resolved.overrides[-2:] == [f"model.mask_ratio={point.values['model.mask_ratio']}",
                                                           f"model.decoder_depth={point.values['model.decoder_depth']}"]

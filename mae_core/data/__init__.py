@@ -3,20 +3,32 @@
     from mae_core.data import DataConfig, build_loader, read_manifest
     loader = build_loader(cfg, split="train", mode="pretrain", rank=r, world_size=w, epoch=e, seed=s)
 
-Importing this package also teaches webdataset's `gopen` the `s3://` scheme (via fsspec/s3fs).
-See docs/data.md.
+Names resolve lazily (PEP 562), so that `mae_core.data.config` (plain data) imports no torch or
+webdataset. The modules that open shards teach webdataset's `gopen` the `s3://` scheme
+(`io.register_webdataset_s3`). See docs/data.md.
 """
 
-from .config import DataConfig
-from .errors import DataError, ManifestError, ShardReadError
-from .io import register_webdataset_s3
-from .loader import IGNORE_LABEL, ShardLoader, build_loader
-from .manifest import Manifest, ShardInfo, read_manifest
-from .transforms import MODES
+from __future__ import annotations
 
-register_webdataset_s3()
+import importlib
 
-__all__ = [
-    "DataConfig", "DataError", "IGNORE_LABEL", "MODES", "Manifest", "ManifestError", "ShardInfo", "ShardLoader",
-    "ShardReadError", "build_loader", "read_manifest",
-]
+_EXPORTS = {
+    "DataConfig": ".config",
+    "DataError": ".errors", "ManifestError": ".errors", "ShardReadError": ".errors",
+    "IGNORE_LABEL": ".loader", "ShardLoader": ".loader", "build_loader": ".loader",
+    "Manifest": ".manifest", "ShardInfo": ".manifest", "read_manifest": ".manifest",
+    "MODES": ".transforms",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..structured import bounded
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -18,10 +20,10 @@ class DataConfig:
     """
 
     url: str
-    img_size: int = 224
-    batch_size: int = 64  # per rank
-    num_workers: int = 8
-    shuffle_buffer: int = 1000  # samples held per worker for the sample shuffle; 0 or 1: no shuffle
+    img_size: int = bounded(224, ge=1, le=8192)
+    batch_size: int = bounded(64, ge=1, le=1_000_000)  # per rank
+    num_workers: int = bounded(8, ge=0, le=1024)
+    shuffle_buffer: int = bounded(1000, ge=0, le=10**8)  # samples held per worker for the sample shuffle; 0 or 1: no shuffle
     crop_scale: tuple[float, float] = (0.2, 1.0)  # pretraining RandomResizedCrop area range
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = True
@@ -31,16 +33,16 @@ class DataConfig:
     supervised_crop_scale: tuple[float, float] = (0.08, 1.0)
     # Fine-tuning: RandAugment with num_ops ops at `randaug_magnitude` (of 31 bins), the magnitude
     # jittered per image with this std (timm's "rand-m9-mstd0.5"), then random erasing.
-    randaug_num_ops: int = 2
+    randaug_num_ops: int = bounded(2, ge=0, le=16)
     randaug_magnitude: int = 9
-    randaug_magnitude_std: float = 0.5
+    randaug_magnitude_std: float = bounded(0.5, ge=0, le=100)
     random_erasing: float = 0.25
     eval_crop_ratio: float = 0.875  # eval: resize the short side to img_size / ratio, centre crop
     draft: bool = True  # decode JPEGs at 1/2, 1/4, 1/8 scale when the crop is that much larger
-    shard_retries: int = 3  # re-opens of a shard that fails to read, before giving up
-    retry_delay_s: float = 1.0
+    shard_retries: int = bounded(3, ge=0, le=1000)  # re-opens of a shard that fails to read, before giving up
+    retry_delay_s: float = bounded(1.0, ge=0, le=3600)
     pin_memory: bool = False
-    prefetch_factor: int = 2
+    prefetch_factor: int = bounded(2, ge=1, le=1024)
     s3_endpoint_url: str | None = None  # S3-compatible endpoint; otherwise the AWS env / config
 
     def __post_init__(self) -> None:
@@ -51,6 +53,7 @@ class DataConfig:
         self.std = _triple("std", self.std)
         if not isinstance(self.url, str) or not self.url.strip():
             raise ValueError("DataConfig.url must name the dataset root (a folder, file:// or s3:// URL)")
+        check_data_url(self.url)
         _check(self.img_size >= 1, "img_size", self.img_size, "must be a positive number of pixels")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1 (images per rank)")
         _check(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
@@ -69,6 +72,23 @@ class DataConfig:
     def storage_options(self) -> dict:
         """fsspec options for `url`: only the endpoint; credentials come from the AWS environment."""
         return {"endpoint_url": self.s3_endpoint_url} if self.s3_endpoint_url else {}
+
+
+SUPPORTED_SCHEMES = ("file", "s3")
+
+
+def check_data_url(url: str) -> None:
+    """A dataset root the loader can open: a local folder, file://PATH or s3://BUCKET[/PREFIX]."""
+    if "://" not in url:
+        return
+    scheme, rest = url.split("://", 1)
+    if scheme not in SUPPORTED_SCHEMES:
+        raise ValueError(f"DataConfig.url {url!r} has an unsupported scheme {scheme!r}: use a local folder, "
+                         f"file://PATH or s3://BUCKET/PREFIX")
+    if scheme == "s3" and not rest.split("/", 1)[0]:
+        raise ValueError(f"DataConfig.url {url!r} names no bucket: use s3://BUCKET/PREFIX")
+    if scheme == "file" and not rest.startswith("/"):
+        raise ValueError(f"DataConfig.url {url!r}: a file:// URL needs an absolute path (file:///data/shards)")
 
 
 def _check(ok: bool, name: str, value, why: str) -> None:

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .config import DataConfig
 from .errors import DataError
+from .io import register_webdataset_s3
 from .manifest import Manifest, read_manifest
 from .plan import AUGMENT, LOADER, SAMPLE_BUFFER, EpochPlan, derive_seed, plan_epoch
 from .reader import image_bytes, iter_shard, parse_label
@@ -211,3 +212,6 @@ class _StreamReader:
         n = len(decoded)
         return [d if d is not None else decoded[min(good_slots, key=lambda j: (j - i) % n)] for i, d in enumerate(decoded)]
 
+
+# Users of wds.WebDataset beside our loader get s3:// URLs too (webdataset 1.0.2 has no handler).
+register_webdataset_s3()

@@ -12,16 +12,15 @@ A run config (YAML) has the sections below; `load_run_config` validates it stric
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..data import DataConfig
-from ..models.mae import MAEConfig
-from ..models.registry import model_config
-from ..structured import ConfigError, from_dict, to_dict
+from ..data.config import DataConfig
+from ..models.config import MAEConfig, ModelConfig
+from ..structured import ConfigError, bounded, from_dict, to_dict
 
 Task = Literal["pretrain", "finetune", "linprobe"]
+MAX_EPOCHS = 100_000
 
 
 @dataclass(kw_only=True)
@@ -29,15 +28,15 @@ class OptimConfig:
     """lr = base_lr * effective_batch / 256 unless `lr` is given; per-iteration warmup + half-cosine."""
 
     name: Literal["adamw", "lars"] = "adamw"
-    base_lr: float = 1.5e-4
-    lr: float | None = None
-    min_lr: float = 0.0
-    warmup_epochs: float = 40.0
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    momentum: float = 0.9  # LARS
-    layer_decay: float | None = None  # fine-tune: layer-wise lr decay
-    clip_grad: float | None = None
+    base_lr: float = bounded(1.5e-4, ge=0, le=100)
+    lr: float | None = bounded(None, ge=0, le=100)
+    min_lr: float = bounded(0.0, ge=0, le=100)
+    warmup_epochs: float = bounded(40.0, ge=0, le=MAX_EPOCHS)
+    weight_decay: float = bounded(0.05, ge=0, le=100)
+    betas: tuple[float, float] = bounded((0.9, 0.95), ge=0, lt=1)
+    momentum: float = bounded(0.9, ge=0, lt=1)  # LARS
+    layer_decay: float | None = bounded(None, gt=0, le=1)  # fine-tune: layer-wise lr decay
+    clip_grad: float | None = bounded(None, gt=0, le=1e6)
     fused: bool = False  # torch's fused AdamW kernel (GPU)
 
     def __post_init__(self):
@@ -52,14 +51,14 @@ class OptimConfig:
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    epochs: int = 800
-    accum_iter: int = 1
+    epochs: int = bounded(800, ge=1, le=MAX_EPOCHS)
+    accum_iter: int = bounded(1, ge=1, le=65536)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     compile: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
-    max_steps: int | None = None  # stop after this many optimizer steps (smoke tests, benchmarks)
-    log_every: int = 20  # optimizer steps between step-level metric records
+    seed: int = bounded(0, ge=0, lt=2**32)
+    max_steps: int | None = bounded(None, ge=1)  # stop after this many optimizer steps (smoke tests, benchmarks)
+    log_every: int = bounded(20, ge=1, le=10**9)  # optimizer steps between step-level metric records
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -72,10 +71,10 @@ class TrainConfig:
 
 @dataclass(kw_only=True)
 class CheckpointConfig:
-    every_steps: int | None = None  # optimizer steps; besides every epoch end
-    every_minutes: float | None = None  # wall clock, for preemption-heavy clusters
-    keep_last: int = 2
-    keep_every_epochs: int | None = 20  # also keep the checkpoint ending each N-th epoch
+    every_steps: int | None = bounded(None, ge=1)  # optimizer steps; besides every epoch end
+    every_minutes: float | None = bounded(None, gt=0, le=10**6)  # wall clock, for preemption-heavy clusters
+    keep_last: int = bounded(2, ge=1, le=10**6)
+    keep_every_epochs: int | None = bounded(20, ge=1, le=MAX_EPOCHS)  # also keep the checkpoint ending each N-th epoch
     resume: Literal["auto", "never"] | str = "auto"  # auto: latest in output_dir; or an explicit path
     init_from: str | None = None  # fine-tune / linear probe: pretrained weights (ours or official)
 
@@ -90,30 +89,30 @@ class CheckpointConfig:
 
 @dataclass(kw_only=True)
 class MonitorConfig:
-    knn_every_epochs: int | None = None  # online kNN top-1 on encoder features
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    knn_max_train_samples: int = 20000
-    recon_every_epochs: int | None = None  # reconstruction PNG through the sink
-    recon_images: int = 8
+    knn_every_epochs: int | None = bounded(None, ge=1, le=MAX_EPOCHS)  # online kNN top-1 on encoder features
+    knn_k: int = bounded(20, ge=1, le=10**6)
+    knn_temperature: float = bounded(0.07, gt=0, le=100)
+    knn_max_train_samples: int = bounded(20000, ge=1, le=10**9)
+    recon_every_epochs: int | None = bounded(None, ge=1, le=MAX_EPOCHS)  # reconstruction PNG through the sink
+    recon_images: int = bounded(8, ge=1, le=1024)
 
 
 @dataclass(kw_only=True)
 class FinetuneConfig:
-    num_classes: int = 1000
+    num_classes: int = bounded(1000, ge=1, le=10**7)
     global_pool: Literal["avg", "token"] = "avg"
-    drop_path: float = 0.1
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    label_smoothing: float = 0.1
-    eval_every_epochs: int = 1
+    drop_path: float = bounded(0.1, ge=0, lt=1)
+    mixup: float = bounded(0.8, ge=0, le=100)
+    cutmix: float = bounded(1.0, ge=0, le=100)
+    label_smoothing: float = bounded(0.1, ge=0, lt=1)
+    eval_every_epochs: int = bounded(1, ge=1, le=MAX_EPOCHS)
 
 
 @dataclass(kw_only=True)
 class RunConfig:
     task: Task = "pretrain"
     output_dir: str
-    model: dict = field(default_factory=lambda: {"name": "mae_vit_base_patch16"})
+    model: ModelConfig = field(default_factory=lambda: ModelConfig.from_plain({"name": "mae_vit_base_patch16"}))
     data: DataConfig
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -121,25 +120,8 @@ class RunConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
-    def __post_init__(self):
-        if "name" not in self.model:
-            raise ConfigError("model.name", "is required")
-        overrides = {k: v for k, v in self.model.items() if k != "name"}
-        known = {f.name for f in dataclasses.fields(MAEConfig)}
-        for key in overrides:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                raise ConfigError(f"model.{key}", "unknown model argument" + (f"; did you mean 'model.{close[0]}'?" if close else ""))
-        try:
-            model_config(self.model["name"], **overrides)
-        except KeyError as err:
-            raise ConfigError("model.name", str(err).strip("'\"")) from None
-        except (TypeError, ValueError) as err:
-            first_word = str(err).split(" ", 1)[0]
-            raise ConfigError(f"model.{first_word}" if first_word in known else "model", str(err)) from None
-
-    def model_config(self):
-        return model_config(self.model["name"], **{k: v for k, v in self.model.items() if k != "name"})
+    def model_config(self) -> MAEConfig:
+        return self.model.arch
 
     def to_dict(self) -> dict:
         return to_dict(self)

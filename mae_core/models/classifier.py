@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..pos_embed import resample_pos_embed, sincos_2d
-from .mae import MAEConfig
+from .config import MAEConfig
 from .vit import Block, PatchEmbed, init_patch_embed, init_vit_weights, layer_norm
 
 GLOBAL_POOLS = ("token", "avg")

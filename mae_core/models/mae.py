@@ -6,48 +6,14 @@ State-dict names and shapes are those of the official release, so its checkpoint
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn as nn
 
-from ..masking import STRATEGIES, MaskedIndices, make_noise, masking_from_noise
+from ..masking import MaskedIndices, make_noise, masking_from_noise
 from ..patches import masked_mse, normalize_patches, patchify
 from ..pos_embed import resample_pos_embed, sincos_2d
+from .config import MAEConfig
 from .vit import Block, PatchEmbed, init_patch_embed, init_vit_weights, layer_norm
-
-
-@dataclass(frozen=True, kw_only=True)
-class MAEConfig:
-    """Constructor arguments; stored in every checkpoint so that a file says what it is."""
-
-    img_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    embed_dim: int = 1024
-    depth: int = 24
-    num_heads: int = 16
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
-    mlp_ratio: float = 4.0
-    norm_pix_loss: bool = False
-    mask_ratio: float = 0.75
-    mask_strategy: str = "random"
-    mask_token_in_encoder: bool = False
-    loss_on_visible: bool = False
-    fused_attn: bool = True
-
-    def __post_init__(self):
-        if self.img_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
-        if self.mask_strategy not in STRATEGIES:
-            raise ValueError(f"unknown mask_strategy {self.mask_strategy!r}; choose one of {', '.join(STRATEGIES)}")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _sincos_parameter(dim: int, grid: int) -> nn.Parameter:
