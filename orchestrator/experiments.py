@@ -35,9 +35,12 @@ import yaml
 
 from . import locations
 from .errors import UsageError
+from mae_core.structured import bounded
+
 from .resources import Resources, config_error
 
 HANDLE_PLACEHOLDER = "<handle>"
+BACKENDS = ("local", "slurm", "ray")
 BUILTIN_DEMO_DATA = "builtin:demo"
 BASE_FOLDER = "base"  # files under a folder of this name are shared defaults, not experiments
 _RUN_SECTIONS = ("task", "output_dir", "model", "data", "optim", "train", "checkpoint", "monitor", "finetune")
@@ -70,7 +73,7 @@ class RayConfig:
 
     address: str | None = None  # the cluster's job API, http://HEAD:8265; default $RAY_ADDRESS
     storage_path: str | None = None  # Ray Train's RunConfig.storage_path; default <output_root>/ray
-    max_failures: int = 3  # worker-group restarts (each resumes from the latest checkpoint)
+    max_failures: int = bounded(3, ge=-1, le=1000)  # worker-group restarts (each resumes from the latest checkpoint)
     autoscaling: bool = False  # the cluster adds nodes on demand: skip the pre-submit resource check
 
     def __post_init__(self):
@@ -83,8 +86,8 @@ class SlurmConfig:
     """Read by the SLURM backend only (orchestrator/backends/slurm.py)."""
 
     job_folder: str | None = None  # sbatch scripts + submitit logs, on shared storage; default <output_dir>/slurm
-    max_requeues: int = 3  # restarts (preemption, time limit, `scontrol requeue`) before the job gives up
-    signal_delay_s: int = 120  # SLURM's warning signal this long before the time limit: time to checkpoint
+    max_requeues: int = bounded(3, ge=0, le=1000)  # restarts (preemption, time limit, `scontrol requeue`) before the job gives up
+    signal_delay_s: int = bounded(120, ge=0, le=86_400)  # SLURM's warning signal this long before the time limit: time to checkpoint
     setup: list[str] = field(default_factory=list)  # lines run at the top of the job script (modules, venv)
     srun_args: list[str] = field(default_factory=list)  # e.g. container options (pyxis)
 
@@ -100,8 +103,8 @@ class ExperimentSpec:
     """maectl's own sections of an experiment file."""
 
     description: str = ""
-    backend: Literal["local", "slurm", "ray"] = "local"
-    global_batch: int | None = None
+    backend: Literal["local", "slurm", "ray"] = "local"  # = BACKENDS
+    global_batch: int | None = bounded(None, ge=1, le=10**9)
     resources: Resources = field(default_factory=Resources)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
@@ -188,9 +191,26 @@ _StrictLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
+def _tag_in(text: str) -> str | None:
+    """The first explicit YAML tag (`!!python/object`, `!!binary`, `!foo`) in `text`, if any:
+    experiment files hold plain data, and a tag is either an attack or a typo."""
+    try:
+        for token in yaml.scan(text):
+            if isinstance(token, yaml.TagToken):
+                handle, suffix = token.value
+                return f"{handle or ''}{suffix}"
+    except yaml.YAMLError:
+        return None  # reported by the loader, with its position
+    return None
+
+
 def read_yaml(path: Path) -> dict:
     try:
-        data = yaml.load(path.read_text(), Loader=_StrictLoader)  # noqa: S506 — a SafeLoader subclass
+        text = path.read_text()
+        tag = _tag_in(text)
+        if tag:
+            raise UsageError(f"{_display(path)}: YAML tags are not allowed in experiment files, found {tag!r}")
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 — a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -277,6 +297,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if any(not p for p in parts):
         raise UsageError(f"override {item!r}: empty part in key {key!r}")
+    tag = _tag_in(raw)
+    if tag:
+        raise UsageError(f"override {item!r}: YAML tags are not allowed, found {tag!r}")
     try:
         value = yaml.load(raw, Loader=_StrictLoader) if raw.strip() else ""  # noqa: S506 — a SafeLoader subclass
     except yaml.YAMLError as err:
@@ -502,6 +525,11 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: s
         set_key(tree, key.split("."), value, injected_by)
         tree.generated.add(injected_by)
     shown_overrides = [*overrides, *(f"{key}={format_value(value)}" for key, value in (injected or {}).items())]
+    if "backend" in tree.data and tree.data["backend"] not in BACKENDS:
+        # Checked before --backend replaces it: a bad value on the command line is still a mistake.
+        close = difflib.get_close_matches(str(tree.data["backend"]), BACKENDS, n=1)
+        raise _Locator(tree, path).error("backend", f"must be one of {', '.join(map(repr, BACKENDS))}, got {tree.data['backend']!r}"
+                                         + (f"; did you mean {close[0]!r}?" if close else ""))
     if backend is not None:
         _merge(tree.data, {"backend": backend}, tree.origins, lambda p: "command line (--backend)")
     where = _Locator(tree, path)
@@ -534,8 +562,6 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: s
 
     from mae_core.engine.config import load_run_config  # imports torch: only once the cheap checks passed
 
-    _check_model_keys(run_tree, where)
-
     try:
         run = load_run_config(run_tree)
     except ConfigError as err:
@@ -546,22 +572,28 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: s
     resolved = ResolvedExperiment(name, path, shown_overrides, spec, run, handle, output_root, notes, where,
                                   sweep_axes=sweep_axes, pipeline=pipeline)
     if check_data:
+        if make_handle is not None:  # a real submission, not `show` or a dry-run
+            check_local_data(resolved)
         check_shards(resolved)
     return resolved
 
 
-def _check_model_keys(run_tree: dict, where: _Locator) -> None:
-    """The model section is a registry name plus MAEConfig overrides: name an unknown one exactly."""
-    from mae_core.models.mae import MAEConfig
+def local_path(url: str) -> Path | None:
+    """The folder a data URL names on this machine's disk, or None for a remote URL."""
+    if url.startswith("file://"):
+        return Path(url[len("file://"):])
+    return None if "://" in url else Path(url).expanduser()
 
-    model = run_tree.get("model")
-    if not isinstance(model, dict):
+
+def check_local_data(resolved: ResolvedExperiment) -> None:
+    """A job that runs here (the local backend) cannot read a dataset folder that does not exist
+    here. (Where ranks run on other machines, the backend's pre-submit checks decide.)"""
+    if resolved.spec.backend != "local" or resolved.uses_demo_data:
         return
-    known = ["name", *(f.name for f in dataclasses.fields(MAEConfig))]
-    for key in model:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            raise where.error(f"model.{key}", "unknown key" + (f"; did you mean 'model.{close[0]}'?" if close else ""))
+    folder = local_path(resolved.run.data.url)
+    if folder is not None and not folder.exists():
+        raise resolved.locator.error("data.url", f"{resolved.run.data.url} does not exist on this machine, where the local backend "
+                                                 f"runs the job (make shards with `maectl data shard`, or give an s3:// URL)")
 
 
 def _derive_accumulation(spec: ExperimentSpec, run_tree: dict, where: _Locator, notes: list[str]) -> None:

@@ -5,25 +5,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from mae_core.structured import ConfigError, bounded  # plain data: no torch
+
 
 def config_error(key: str, message: str) -> Exception:
-    """mae_core's ConfigError (naming the dotted key), imported only when there is an error:
-    importing mae_core loads torch, which `maectl list/status/logs/cancel` must not wait for."""
-    from mae_core.structured import ConfigError
-
     return ConfigError(key, message)
 
 
 @dataclass(kw_only=True)
 class Resources:
-    nodes: int = 1
-    gpus_per_node: int = 0
+    nodes: int = bounded(1, ge=1, le=100_000)
+    gpus_per_node: int = bounded(0, ge=0, le=64)
     # Ranks per node. One per GPU on GPU nodes (the default there); on CPU-only machines
     # (the local backend, tests) it says how many processes to start.
-    tasks_per_node: int | None = None
-    cpus_per_task: int | None = None
-    mem_gb: float | None = None
-    time_limit_min: int | None = None
+    tasks_per_node: int | None = bounded(None, ge=1, le=1024)
+    cpus_per_task: int | None = bounded(None, ge=1, le=4096)
+    mem_gb: float | None = bounded(None, gt=0, le=1_000_000)
+    time_limit_min: int | None = bounded(None, ge=1, le=525_600 * 10)
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
@@ -43,7 +41,7 @@ class Resources:
         if self.gpus_per_node and self.tasks_per_node not in (None, self.gpus_per_node):
             raise config_error("tasks_per_node", f"is {self.tasks_per_node} but gpus_per_node is {self.gpus_per_node}: maectl runs one task per GPU")
         for key, value in self.sbatch_options.items():
-            if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+            if not isinstance(key, str) or not key or key.startswith("-") or not isinstance(value, (str, int, float, bool)):
                 raise config_error(f"sbatch_options.{key}", f"expected a string, number or true/false, got {value!r}")
 
     @property

@@ -40,7 +40,7 @@ class MAEConfig:
 
     def __post_init__(self):
         if self.img_size % self.patch_size:
-            raise ConfigError("img_size", f"{self.img_size} is not divisible by patch_size {self.patch_size}")
+            raise ConfigError("patch_size", f"must divide img_size ({self.img_size}) into whole patches, got {self.patch_size}")
         if self.mask_strategy not in MASK_STRATEGIES:
             close = difflib.get_close_matches(str(self.mask_strategy), MASK_STRATEGIES, n=1)
             raise ConfigError("mask_strategy", f"must be one of {', '.join(map(repr, MASK_STRATEGIES))}, got {self.mask_strategy!r}"
@@ -49,7 +49,7 @@ class MAEConfig:
             raise ConfigError("mask_ratio", f"must be in [0, 1), got {self.mask_ratio}")
         for dim, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):
             if getattr(self, dim) % getattr(self, heads):
-                raise ConfigError(dim, f"{getattr(self, dim)} is not divisible by {heads} {getattr(self, heads)}")
+                raise ConfigError(heads, f"must divide {dim} ({getattr(self, dim)}) into equal heads, got {getattr(self, heads)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
