@@ -6,7 +6,20 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${MAECTL_VENV:-$ROOT/.venv}"
 PY="${PYTHON:-python3}"
 
+# libjpeg's headers, for the crop-window JPEG decoder (mae_core/data/_jpegcrop.c) that pip builds;
+# without them the build is skipped and the loader decodes whole images instead.
+jpeg_headers() {
+    [[ -f /usr/include/jpeglib.h ]] && return 0
+    if [[ $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+        echo "==> installing libjpeg62-turbo-dev (Debian)"
+        apt-cache policy libjpeg62-turbo-dev | grep -q 'Candidate: [0-9]' || apt-get update -qq || true
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjpeg62-turbo-dev >/dev/null \
+            || echo "warning: libjpeg62-turbo-dev not installed: whole-image JPEG decoding" >&2
+    fi
+}
+
 setup() {
+    jpeg_headers
     if [[ ! -x "$VENV/bin/python" ]]; then
         echo "==> creating $VENV"
         "$PY" -m venv "$VENV"
@@ -39,6 +52,8 @@ case "$cmd" in
             source "$ROOT/infra/.state/env.sh"
         fi
         cd "$ROOT"
+        echo "==> lint (ruff, configured in pyproject.toml)"
+        "$VENV/bin/ruff" check .
         "$VENV/bin/python" -m pytest "$@"
         ;;
     *)

@@ -33,10 +33,10 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from . import locations
-from .errors import UsageError
 from mae_core.structured import bounded
 
+from . import locations
+from .errors import UsageError
 from .resources import Resources, config_error
 
 HANDLE_PLACEHOLDER = "<handle>"
