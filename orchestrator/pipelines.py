@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from .backends import JobState
 from .errors import UsageError
 from .experiments import ResolvedExperiment
+from .jobspec import PipelineLink
 from .store import JobRecord, JobStore
 from .submission import Prepared, launch, prepare, record_not_run
 
@@ -104,12 +105,8 @@ def _check_followup(pretrain: ResolvedExperiment, resolved: ResolvedExperiment, 
 
 def tag_followup(followup: Prepared, pretrain: Prepared, sweep_id: str | None) -> None:
     """What the follow-up's runner needs to find the pretraining's run and report to it."""
-    followup.request.spec["pipeline"] = {
-        "after": pretrain.request.handle,
-        "after_output_dir": pretrain.resolved.run.output_dir,
-        "stage": followup.resolved.name,
-        **({"sweep_id": sweep_id} if sweep_id else {}),
-    }
+    followup.request.spec.pipeline = PipelineLink(after=pretrain.request.handle, after_output_dir=pretrain.resolved.run.output_dir,
+                                                  stage=followup.resolved.name, sweep_id=sweep_id)
 
 
 def launch_followups(pretrain_record: JobRecord, pretrain: Prepared, followups: list[FollowUp], store: JobStore, say=print,

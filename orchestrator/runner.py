@@ -6,8 +6,8 @@ It reads the job spec written at submit time, builds the engine's RunConfig, and
 metric sinks (MLflow + <output_dir>/metrics.jsonl); then calls mae_core.engine.train. Ranks come
 from the torch.distributed environment, which the launcher sets.
 
-Exit codes (as mae_core.train): 0 done, 2 bad config or input, 3 stopped on request after a
-checkpoint, 4 non-finite loss, 143 terminated (SIGTERM, e.g. `maectl cancel`).
+Exit codes: mae_core.exitcodes.ExitCode (OK, FAILED, BAD_INPUT for a bad config or input,
+PREEMPTED after a checkpoint on request, NON_FINITE_LOSS, TERMINATED by SIGTERM, e.g. `maectl cancel`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import dataclasses
 import signal
 import sys
 
-import yaml
+from mae_core.exitcodes import ExitCode
 
+from .jobspec import JobSpec, JobSpecError
 from .redact import scrub_text
 
 class JobTerminated(BaseException):
@@ -35,13 +36,12 @@ def _say(message: str) -> None:
     print(f"[maectl] {scrub_text(message)}", flush=True)
 
 
-def load_spec(path: str) -> dict:
-    with open(path) as f:
-        return yaml.safe_load(f)
+def load_spec(path: str) -> JobSpec:
+    return JobSpec.load(path)
 
 
-def run_job(spec: dict, stop=None) -> int:
-    """Run one rank of the job described by `spec`; returns the process exit code.
+def run_job(job: JobSpec | dict, stop=None) -> int:
+    """Run one rank of the job described by `job`; returns the process exit code (an ExitCode).
 
     `stop` (a mae_core StopFlag): a launcher that learns of a coming preemption (SLURM's warning
     signal) sets it; the engine then checkpoints at the next step and the job exits with 3."""
@@ -53,11 +53,12 @@ def run_job(spec: dict, stop=None) -> int:
 
     env = env_from_environ()
     try:
-        sections = {f.name for f in dataclasses.fields(RunConfig)}
-        cfg = load_run_config({k: v for k, v in spec["resolved"].items() if k in sections})
-    except ConfigError as err:
+        job = JobSpec.coerce(job)
+        cfg = load_run_config(job.run_sections(f.name for f in dataclasses.fields(RunConfig)))
+    except (ConfigError, JobSpecError) as err:
         print(f"error: job spec: {err}", file=sys.stderr, flush=True)
-        return 2
+        return ExitCode.BAD_INPUT
+    spec = job.to_dict()  # the plain tree, as orchestrator/tracking.py reads it
 
     jsonl = tracker = None
     if env.is_main:
@@ -65,7 +66,7 @@ def run_job(spec: dict, stop=None) -> int:
 
         fs, path = fsspec.core.url_to_fs(cfg.output_dir)
         fs.makedirs(path, exist_ok=True)
-        _say(f"job {spec['handle']}: {spec['experiment']} ({spec.get('source', '')}), {env.world_size} rank(s), output {cfg.output_dir}")
+        _say(f"job {job.handle}: {job.experiment} ({job.source}), {env.world_size} rank(s), output {cfg.output_dir}")
         jsonl = JsonlSink(f"{cfg.output_dir.rstrip('/')}/metrics.jsonl")
         if spec["tracking"]["enabled"]:
             from .tracking import open_run
@@ -75,23 +76,23 @@ def run_job(spec: dict, stop=None) -> int:
     sinks = [s for s in (tracker, jsonl) if s is not None]
     sink = _Fanout(sinks) if sinks else None
 
-    outcome, code = "FAILED", 1
+    outcome, code = "FAILED", ExitCode.FAILED
     try:
         summary = train(cfg, sink, env, stop)
-        outcome, code = "FINISHED", 0
+        outcome, code = "FINISHED", ExitCode.OK
         if env.is_main:
             _say(f"done: {summary.epochs_completed} epochs, {summary.final_step} steps; last checkpoint {summary.last_checkpoint}")
     except Preempted as err:
-        outcome, code = "KILLED", 3
+        outcome, code = "KILLED", ExitCode.PREEMPTED
         _say(f"stopped: {err}")
     except NonFiniteLoss as err:
-        code = 4
+        code = ExitCode.NON_FINITE_LOSS
         print(f"error: {err}", file=sys.stderr, flush=True)
     except (ConfigError, CheckpointError, DataError, ValueError, FileNotFoundError) as err:
-        code = 2
+        code = ExitCode.BAD_INPUT
         print(f"error: {scrub_text(str(err))}", file=sys.stderr, flush=True)
     except JobTerminated:
-        outcome, code = "KILLED", 143
+        outcome, code = "KILLED", ExitCode.TERMINATED
         if env.is_main:
             _say("terminated (SIGTERM): the run can be continued from its last checkpoint")
     finally:
@@ -124,12 +125,17 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m orchestrator.runner SPEC.yaml", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return run_job(load_spec(argv[0]))
+        spec = load_spec(argv[0])
+    except (OSError, JobSpecError) as err:
+        print(f"error: {argv[0]}: {err}", file=sys.stderr, flush=True)
+        return ExitCode.BAD_INPUT
+    try:
+        return int(run_job(spec))
     except JobTerminated:
-        return 143
+        return ExitCode.TERMINATED
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """From a validated experiment to a recorded, launched job: the steps `maectl submit` takes.
 
-    resolve (validate, derive) -> LaunchRequest (job spec + env) -> backend.check
-        -> dry-run: render and stop           (nothing written, nothing recorded)
-        -> record PENDING -> backend.submit -> record the backend's id and state
+    resolve (validate, derive) -> LaunchRequest (JobSpec + env) -> backend.check -> backend.plan
+        -> dry-run: render the plan and stop           (nothing written, nothing recorded)
+        -> record PENDING -> backend.launch(that plan) -> record the backend's id and state
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from pathlib import Path
 
 from . import __version__, locations
 from .backends import Backend, JobState, LaunchRequest, get_backend
-from .backends.base import SPEC_FORMAT, Placeholders
+from .backends.base import Placeholders
 from .experiments import HANDLE_PLACEHOLDER, ResolvedExperiment, check_shards, resolve
+from .jobspec import JobSpec, Submitted, Tracking
+from .plan import LaunchPlan, render
 from .redact import scrub_text
 from .store import HandleTaken, JobRecord, JobStore, open_store
 
@@ -69,22 +71,14 @@ def build_request(resolved: ResolvedExperiment, *, dry_run: bool = False) -> Lau
         user, (commit, dirty) = "<user>", ("<git_commit>", False)
     else:
         user, (commit, dirty) = getpass.getuser(), git_state()
-    spec = {
-        "format": SPEC_FORMAT,
-        "handle": resolved.handle,
-        "experiment": resolved.name,
-        "source": resolved.source_display,
-        "backend": resolved.spec.backend,
-        "overrides": [scrub_text(o) for o in resolved.overrides],
-        "submitted": {"user": user, "git_commit": commit, "git_dirty": dirty, "maectl_version": __version__},
-        "tracking": {
-            "enabled": resolved.spec.tracking.enabled,
-            "uri": tracking_uri(resolved),
-            "experiment": resolved.tracking_experiment,
-            "run_name": resolved.handle,
-        },
-        "resolved": resolved.resolved_tree(),
-    }
+    spec = JobSpec(
+        handle=resolved.handle, experiment=resolved.name, source=resolved.source_display, backend=resolved.spec.backend,
+        overrides=[scrub_text(o) for o in resolved.overrides],
+        submitted=Submitted(user=user, git_commit=commit, git_dirty=dirty, maectl_version=__version__),
+        tracking=Tracking(enabled=resolved.spec.tracking.enabled, uri=tracking_uri(resolved), experiment=resolved.tracking_experiment,
+                          run_name=resolved.handle),
+        resolved=resolved.resolved_tree(),
+    )
     return LaunchRequest(handle=resolved.handle, experiment=resolved, spec=spec, job_dir=job_dir(resolved.handle))
 
 
@@ -161,8 +155,13 @@ def prepare(target: str, overrides: list[str], *, backend: str | None = None, dr
     return Prepared(resolved, chosen, request)
 
 
+def plan(prepared: Prepared) -> LaunchPlan:
+    """The plan of a prepared job as it stands now (after a sweep or pipeline has tagged its spec)."""
+    return prepared.backend.plan(prepared.request)
+
+
 def render_dry_run(prepared: Prepared) -> str:
-    text = prepared.backend.dry_run(prepared.request)
+    text = render(plan(prepared))
     if prepared.resolved.uses_demo_data:
         text = f"# the built-in demo dataset would be generated in {prepared.resolved.run.data.url} if absent\n" + text
     return placeholders(prepared.resolved).apply(text)
@@ -181,8 +180,8 @@ def _record(prepared: Prepared, store: JobStore, sweep_id: str | None) -> JobRec
     record = JobRecord(
         handle=request.handle, experiment=resolved.name, source=resolved.source_display, backend=prepared.backend.name,
         state=JobState.PENDING, output_dir=resolved.run.output_dir, job_dir=str(request.job_dir),
-        tracking_uri=scrub_text(request.spec["tracking"]["uri"]) if request.spec["tracking"]["enabled"] else None,
-        overrides=request.spec["overrides"], sweep_id=sweep_id,
+        tracking_uri=scrub_text(request.spec.tracking.uri) if request.spec.tracking.enabled else None,
+        overrides=request.spec.overrides, sweep_id=sweep_id,
         after=request.depends_on[0].handle if request.depends_on else None,
     )
     try:
@@ -193,11 +192,13 @@ def _record(prepared: Prepared, store: JobStore, sweep_id: str | None) -> JobRec
 
 
 def launch(prepared: Prepared, store: JobStore, say=print, *, sweep_id: str | None = None) -> JobRecord:
-    """Record the job, then start it. A launch failure leaves a FAILED record saying why."""
+    """Record the job, then start it: its plan, built once, is what the backend executes. A
+    launch failure leaves a FAILED record saying why."""
     _prepare_data(prepared.resolved, say)
+    launch_plan = plan(prepared)
     record = _record(prepared, store, sweep_id)
     try:
-        submitted = prepared.backend.submit(prepared.request)
+        submitted = prepared.backend.launch(launch_plan)
     except Exception as err:
         store.update(record.handle, state=JobState.FAILED, message=f"launch failed: {scrub_text(str(err))}")
         raise
@@ -205,17 +206,18 @@ def launch(prepared: Prepared, store: JobStore, say=print, *, sweep_id: str | No
 
 
 def launch_array(prepared: list[Prepared], store: JobStore, say=print, *, sweep_id: str | None = None) -> list[JobRecord]:
-    """Record several jobs of one backend, then start them together (`Backend.submit_array`: a
-    SLURM job array where the backend makes one). A point that fails to launch is recorded
-    FAILED with the reason; the others run."""
+    """Record several jobs of one backend, then start them together (`Backend.plan_many` /
+    `launch_many`: a SLURM job array where the backend makes one). A point that fails to launch
+    is recorded FAILED with the reason; the others run."""
     if not prepared:
         return []
     for item in prepared:
         _prepare_data(item.resolved, say)
-    records = [_record(item, store, sweep_id) for item in prepared]
     backend = prepared[0].backend
+    plans = backend.plan_many([item.request for item in prepared])
+    records = [_record(item, store, sweep_id) for item in prepared]
     try:
-        results = backend.submit_array([item.request for item in prepared])
+        results = backend.launch_many(plans)
     except Exception as err:
         for record in records:
             store.update(record.handle, state=JobState.FAILED, message=f"launch failed: {scrub_text(str(err))}")
@@ -267,5 +269,5 @@ def find_job(store: JobStore, handle: str) -> JobRecord:
     return matches[0]
 
 
-__all__ = ["HANDLE_PLACEHOLDER", "Prepared", "build_request", "find_job", "launch", "launch_array", "prepare", "record_not_run", "refresh",
-           "render_dry_run", "submit"]
+__all__ = ["HANDLE_PLACEHOLDER", "Prepared", "build_request", "find_job", "launch", "launch_array", "plan", "prepare", "record_not_run",
+           "refresh", "render_dry_run", "submit"]

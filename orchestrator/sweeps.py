@@ -24,6 +24,7 @@ The store keeps the sweep (`SweepRecord`: its axes and each point's job) and eac
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import secrets
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from typing import Any
 
 from .errors import UsageError
 from .experiments import check_sweep_key, format_value, parse_override, read_sweep_axes
+from .jobspec import SweepPoint
 from .pipelines import FollowUp, launch_followups, prepare_followups
 from .store import JobRecord, JobStore, SweepRecord
 from .submission import Prepared, launch_array, prepare
@@ -182,8 +184,7 @@ def plan(target: str, arguments: list[str], *, backend: str | None = None, dry_r
             point.followups = prepare_followups(prepared, dry_run=dry_run, store=store, reserved=reserved)
         except UsageError as err:
             raise UsageError(f"{where}: {err}") from None
-        prepared.request.spec["sweep"] = {"id": sweep_id, "index": index, "points": total, "values": values,
-                                          "label": point.label, "parent_run_id": None}
+        prepared.request.spec.sweep = SweepPoint(id=sweep_id, index=index, points=total, values=values, label=point.label)
         points.append(point)
     return SweepPlan(sweep_id, axes, fixed, points)
 
@@ -204,9 +205,9 @@ def _check_consistent(point: Point, first: Point | None, where: str) -> None:
     if a.backend.name != b.backend.name:
         raise UsageError(f"{where}: backend: every point of a sweep runs on one backend ({a.backend.name} for the first point, "
                          f"{b.backend.name} here); use --backend")
-    ta, tb = a.request.spec["tracking"], b.request.spec["tracking"]
+    ta, tb = a.request.spec.tracking, b.request.spec.tracking
     for key in ("enabled", "uri", "experiment"):
-        if ta[key] != tb[key]:
+        if getattr(ta, key) != getattr(tb, key):
             raise UsageError(f"{where}: tracking.{key}: every point of a sweep reports to one MLflow experiment under one parent run; "
                              f"do not sweep tracking.*")
 
@@ -214,25 +215,26 @@ def _check_consistent(point: Point, first: Point | None, where: str) -> None:
 # -- dry-run ------------------------------------------------------------------------------------
 def render_dry_run(sweep: SweepPlan) -> str:
     from .pipelines import render_followups
+    from .plan import render_many
     from .submission import placeholders
 
     first = sweep.first
     backend = first.backend
     axes = "; ".join(f"{key} in [{', '.join(format_value(v) for v in values)}]" for key, values in sweep.axes)
-    tracking = first.request.spec["tracking"]
+    tracking = first.request.spec.tracking
     lines = [
         f"# sweep {sweep.sweep_id}: {first.resolved.name} ({first.resolved.source_display}), {len(sweep.points)} point(s) on the "
         f"{backend.name} backend",
         f"# grid: {axes}" + (f"; fixed: {' '.join(sweep.fixed)}" if sweep.fixed else ""),
     ]
-    if tracking["enabled"]:
-        lines.append(f"# MLflow: parent run {sweep.sweep_id!r} in experiment {tracking['experiment']!r}; each point's run is its child")
+    if tracking.enabled:
+        lines.append(f"# MLflow: parent run {sweep.sweep_id!r} in experiment {tracking.experiment!r}; each point's run is its child")
     if first.resolved.uses_demo_data:
         lines.append(f"# the built-in demo dataset would be generated in {first.resolved.run.data.url} if absent")
     if any(p.followups for p in sweep.points):
         names = ", ".join(f.prepared.resolved.name for f in sweep.points[0].followups)
         lines.append(f"# pipeline: each point is followed by {names}, from its final checkpoint")
-    text = "\n".join(lines) + "\n" + backend.dry_run_array([p.prepared.request for p in sweep.points])
+    text = "\n".join(lines) + "\n" + render_many(backend.plan_many([p.prepared.request for p in sweep.points]))
     text = placeholders(first.resolved).apply(text)
     for point in sweep.points:
         if point.followups:
@@ -244,12 +246,12 @@ def render_dry_run(sweep: SweepPlan) -> str:
 def launch(sweep: SweepPlan, store: JobStore, say=print) -> tuple[SweepRecord, list[JobRecord], list[list[JobRecord]]]:
     """Parent run, sweep record, the points (one array), then each point's follow-ups."""
     first = sweep.first
-    tracking = first.request.spec["tracking"]
+    tracking = first.request.spec.tracking
     parent_run_id = None
-    if tracking["enabled"]:
+    if tracking.enabled:
         parent_run_id = _start_parent_run(sweep, say)
     for point in sweep.points:
-        point.prepared.request.spec["sweep"]["parent_run_id"] = parent_run_id
+        point.prepared.request.spec.sweep.parent_run_id = parent_run_id
     from .redact import scrub_text
 
     record = SweepRecord(
@@ -257,8 +259,8 @@ def launch(sweep: SweepPlan, store: JobStore, say=print) -> tuple[SweepRecord, l
         axes=[[key, values] for key, values in sweep.axes],
         points=[{"handle": p.prepared.request.handle, "values": p.values} for p in sweep.points],
         overrides=[scrub_text(o) for o in sweep.fixed],
-        tracking_uri=scrub_text(tracking["uri"]) if tracking["enabled"] else None,
-        tracking_experiment=tracking["experiment"] if tracking["enabled"] else None, parent_run_id=parent_run_id,
+        tracking_uri=scrub_text(tracking.uri) if tracking.enabled else None,
+        tracking_experiment=tracking.experiment if tracking.enabled else None, parent_run_id=parent_run_id,
     )
     store.add_sweep(record)
     jobs = launch_array([p.prepared for p in sweep.points], store, say, sweep_id=sweep.sweep_id)
@@ -275,9 +277,10 @@ def _start_parent_run(sweep: SweepPlan, say) -> str | None:
     try:
         from .tracking import start_sweep_run
 
-        return start_sweep_run(spec["tracking"]["uri"], spec["tracking"]["experiment"], sweep.sweep_id,
+        return start_sweep_run(spec.tracking.uri, spec.tracking.experiment, sweep.sweep_id,
                                [(key, values) for key, values in sweep.axes], fixed=sweep.fixed, source=first.resolved.source_display,
-                               description=first.resolved.spec.description, submitted=spec["submitted"], backend=first.backend.name)
+                               description=first.resolved.spec.description, submitted=dataclasses.asdict(spec.submitted),
+                               backend=first.backend.name)
     except Exception as err:  # noqa: BLE001 — see above
         from .redact import scrub_text
 

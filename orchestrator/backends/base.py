@@ -1,8 +1,11 @@
-"""The surface every backend implements: check, dry_run, submit, status, logs, cancel.
+"""The surface every backend implements: check, plan, launch, status, logs, cancel.
 
-A backend receives a `LaunchRequest` — a validated experiment, its handle, the job spec that
-`orchestrator.runner` reads on every rank, and the environment to add — and never re-reads
-experiment files. What it launches, on every rank, is the runner on the spec:
+A backend receives a `LaunchRequest` — a validated experiment, its handle, the typed job spec
+(orchestrator/jobspec.py) that `orchestrator.runner` reads on every rank, and the environment to
+add — and never re-reads experiment files. `plan(request)` turns it into a `LaunchPlan`
+(orchestrator/plan.py: files, environment, command / sbatch script / Ray job, the scheduler's
+parameters) without writing or contacting anything; `--dry-run` renders that plan and `launch`
+executes it. What it launches, on every rank, is the runner on the spec:
 
     python -m orchestrator.runner SPEC.yaml        (or orchestrator.runner.run_job(spec) in-process)
 
@@ -10,14 +13,13 @@ with the torch.distributed variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
 set by whatever starts the ranks: torchrun here, SLURM/submitit or Ray Train elsewhere.
 
 Sweeps and pipelines (orchestrator/sweeps.py, pipelines.py) use two optional parts:
-`submit_array` (a sweep's points at once; a SLURM job array where the backend has one) and
-`LaunchRequest.depends_on` (start only after other jobs completed OK: SLURM's afterok), which a
-backend honours only if it sets `supports_dependencies`.
+`plan_many`/`launch_many` (a sweep's points at once; a SLURM job array where the backend has
+one) and `LaunchRequest.depends_on` (start only after other jobs completed OK: SLURM's afterok),
+which a backend honours only if it sets `supports_dependencies`.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -25,25 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import yaml
+from mae_core.exitcodes import ExitCode
 
-from ..redact import REDACTED, is_secret_name, scrub_text
+from ..jobspec import SPEC_FILE, JobSpec
+from ..plan import LaunchPlan
+from ..redact import scrub_text
 from .states import JobState
-
-SPEC_FORMAT = "maectl.job/1"
-# A job that was never run because a job it depends on did not complete OK (its launcher's exit code).
-EXIT_DEPENDENCY_FAILED = 6
-SPEC_FILE = "job.yaml"
-# Inherited variables that a job typically needs, shown (redacted) by dry-runs so that the
-# user sees which credentials and endpoints the job will use.
-PASSED_ENV_PREFIXES = ("AWS_", "MLFLOW_", "FSSPEC_", "S3_", "HF_", "CUDA_VISIBLE_DEVICES", "NCCL_")
 
 
 @dataclass
 class LaunchRequest:
     handle: str
     experiment: object  # orchestrator.experiments.ResolvedExperiment
-    spec: dict  # what orchestrator.runner reads
+    spec: JobSpec  # what orchestrator.runner reads
     job_dir: Path  # maectl's folder for this job (spec, log, exit status)
     env: dict[str, str] = field(default_factory=dict)  # set on top of the submitting environment
     # Jobs (orchestrator.store.JobRecord: handle, native_id, info, job_dir) that must complete OK
@@ -58,6 +54,10 @@ class LaunchRequest:
     @property
     def spec_path(self) -> Path:
         return self.job_dir / SPEC_FILE
+
+    @property
+    def label(self) -> str | None:
+        return self.spec.sweep.label if self.spec.sweep else None
 
 
 @dataclass
@@ -76,24 +76,44 @@ class Status:
     finished_at: float | None = None  # when the job ended, if the backend knows (else: when first seen ended)
 
 
+def exit_meaning(code: int) -> str:
+    """What a job's exit status says, in words: ExitCode's meaning, or the signal that killed it
+    (a negative Popen returncode, or 128 + N from a shell)."""
+    if code < 0:
+        code = 128 - code
+    try:
+        return ExitCode(code).meaning
+    except ValueError:
+        pass
+    if 128 < code < 160:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(code - 128).name}"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
 class Backend(ABC):
     name: ClassVar[str]
-    # Whether `submit` honours LaunchRequest.depends_on (pipelines are refused otherwise).
+    # Whether `launch` honours LaunchRequest.depends_on (pipelines are refused otherwise).
     supports_dependencies: ClassVar[bool] = False
 
     def check(self, request: LaunchRequest) -> None:
         """Backend-specific consistency checks; raise ExperimentError naming the key."""
 
     @abstractmethod
-    def dry_run(self, request: LaunchRequest) -> str:
-        """Exactly what submit would run, secrets redacted (placeholders applied by the caller)."""
+    def plan(self, request: LaunchRequest) -> LaunchPlan:
+        """Everything `launch` will do, as data; writes and contacts nothing."""
 
     @abstractmethod
-    def submit(self, request: LaunchRequest) -> Submitted: ...
+    def launch(self, plan: LaunchPlan) -> Submitted:
+        """Execute `plan` exactly: write its files, start its command / script / job."""
 
     @abstractmethod
     def status(self, record) -> Status:
-        """The current state of a stored job (record: orchestrator.store.JobRecord)."""
+        """The current state of a stored job (record: orchestrator.store.JobRecord). Reads only."""
 
     @abstractmethod
     def logs(self, record, follow: bool = False) -> Iterator[str]:
@@ -102,28 +122,27 @@ class Backend(ABC):
     @abstractmethod
     def cancel(self, record) -> None: ...
 
-    def submit_array(self, requests: list[LaunchRequest]) -> list[Submitted]:
-        """Submit several jobs at once (a sweep's points), one Submitted per request, in order.
+    def plan_many(self, requests: list[LaunchRequest]) -> list[LaunchPlan]:
+        """A sweep's points, one plan each, in order (a scheduler with job arrays groups them)."""
+        return [self.plan(request) for request in requests]
 
-        The default submits them one by one; a request that fails does not stop the others and
+    def launch_many(self, plans: list[LaunchPlan]) -> list[Submitted]:
+        """Launch several plans (a sweep's points), one Submitted per plan, in order.
+
+        The default launches them one by one; a plan that fails does not stop the others and
         comes back as a FAILED Submitted whose info["error"] says why. A scheduler with job
-        arrays overrides this to submit them as one array."""
+        arrays overrides this to submit a group as one array."""
         results = []
-        for request in requests:
+        for plan in plans:
             try:
-                results.append(self.submit(request))
+                results.append(self.launch(plan))
             except Exception as err:  # noqa: BLE001 — reported per point, the others still run
-                results.append(Submitted(native_id=None, log_path=None, info={"error": scrub_text(f"{type(err).__name__}: {err}")},
-                                         state=JobState.FAILED))
+                results.append(failed_launch(err))
         return results
 
-    def dry_run_array(self, requests: list[LaunchRequest]) -> str:
-        """What submit_array would run; by default each request's dry-run in turn."""
-        parts = []
-        for i, request in enumerate(requests):
-            label = request.spec.get("sweep", {}).get("label") or request.handle
-            parts.append(f"# === {i + 1}/{len(requests)}: {label} ===\n{self.dry_run(request)}")
-        return "".join(parts)
+
+def failed_launch(err: BaseException) -> Submitted:
+    return Submitted(native_id=None, log_path=None, info={"error": scrub_text(f"{type(err).__name__}: {err}")}, state=JobState.FAILED)
 
 
 # -- helpers shared by backends --------------------------------------------------------------
@@ -139,33 +158,6 @@ class Placeholders:
         for real, token in self.mapping:
             text = text.replace(real, token)
         return text
-
-
-def dump_spec(spec: dict) -> str:
-    return yaml.safe_dump(spec, sort_keys=False, default_flow_style=False, width=120)
-
-
-def write_spec(path: Path, spec: dict) -> None:
-    """Owner-only: the spec may hold a tracking URI with a password in it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(dump_spec(spec))
-    os.replace(tmp, path)
-
-
-def passed_environment(extra: dict[str, str]) -> dict[str, str]:
-    """The variables a dry-run shows: what maectl sets, then relevant inherited ones, redacted."""
-    shown = {k: os.environ[k] for k in sorted(os.environ) if k.startswith(PASSED_ENV_PREFIXES)}
-    shown.update(extra)
-    return {k: (REDACTED if is_secret_name(k) else scrub_text(v)) for k, v in shown.items()}
-
-
-def shell_quote(word: str) -> str:
-    import shlex
-
-    return shlex.quote(word) if word and not word.startswith("<") else (word or "''")
 
 
 def follow_log(path: Path, follow: bool, active, wait_s: float = 0.5) -> Iterator[str]:

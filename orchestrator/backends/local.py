@@ -9,7 +9,7 @@ Dependencies (pipelines: a fine-tune after its pretraining): the supervised comm
 `python -m orchestrator.backends.local after ... -- <runner command>`, a small waiter that polls
 the exit files of the jobs it follows and, once all of them completed OK, replaces itself
 (exec) with the runner; if one of them failed or was cancelled it exits with
-EXIT_DEPENDENCY_FAILED and the job ends CANCELLED, never run. While it waits, a marker file in
+ExitCode.DEPENDENCY_FAILED and the job ends CANCELLED, never run. While it waits, a marker file in
 the job folder makes `status` say PENDING. Nothing runs on this machine but the waiter (a
 sleeping Python process) until then, and `cancel` works on a waiting job as on a running one.
 """
@@ -25,9 +25,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..redact import scrub_text
-from .base import (EXIT_DEPENDENCY_FAILED, Backend, LaunchRequest, Status, Submitted, follow_log, passed_environment, shell_quote,
-                   write_spec)
+from mae_core.exitcodes import ExitCode
+
+from .. import checks
+from ..experiments import HANDLE_PLACEHOLDER
+from ..plan import LaunchPlan, write_files
+from .base import Backend, LaunchRequest, Status, Submitted, exit_meaning, follow_log
 from .states import JobState
 
 LOG_FILE = "output.log"
@@ -35,9 +38,6 @@ EXIT_FILE = "exit.json"
 WAITING_FILE = "waiting"  # present while the job waits for the jobs it follows
 CANCEL_GRACE_S = 20.0
 DEPENDENCY_POLL_S = 2.0
-# What the runner's exit codes mean (mirrors mae_core.train).
-EXIT_MEANINGS = {0: "done", 2: "bad config or input", 3: "stopped on request after a checkpoint", 4: "non-finite loss", 143: "terminated (SIGTERM)",
-                 EXIT_DEPENDENCY_FAILED: "not run: a job it follows did not complete"}
 
 
 def runner_command(spec_path: str, ranks: int) -> list[str]:
@@ -66,7 +66,8 @@ class LocalBackend(Backend):
 
     def check(self, request: LaunchRequest) -> None:
         res = request.resources
-        where = request.experiment.locator
+        resolved = request.experiment
+        where = resolved.locator
         if res.nodes != 1:
             raise where.error("resources.nodes", f"the local backend runs on one machine, got {res.nodes} (override resources.nodes=1)")
         if res.gpus_per_node:
@@ -76,7 +77,13 @@ class LocalBackend(Backend):
             if res.gpus_per_node > available:
                 raise where.error("resources.gpus_per_node", f"asks for {res.gpus_per_node} GPUs, this machine has {available} "
                                                                           f"(override resources.gpus_per_node={available})")
+        if request.handle == HANDLE_PLACEHOLDER:
+            return  # a dry-run shows the plan without looking at the data (as every backend's does)
+        # The job runs here: what it reads and writes must be here, before anything is recorded.
+        checks.check_local_data(resolved)
+        checks.check_location(resolved, "output_dir", resolved.run.output_dir, nodes=1, probe=True)
 
+    # -- the plan ----------------------------------------------------------------------------------
     def _environment(self, request: LaunchRequest) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "MAECTL_JOB": request.handle}
         if request.resources.cpus_per_task:
@@ -96,37 +103,34 @@ class LocalBackend(Backend):
                        *waits, "--", *command]
         return [sys.executable, "-m", "orchestrator.backends.supervise", str(request.job_dir / EXIT_FILE), "--", *command]
 
-    def dry_run(self, request: LaunchRequest) -> str:
-        from .base import dump_spec
+    def plan(self, request: LaunchRequest) -> LaunchPlan:
+        ranks = request.resources.ranks_per_node
+        after = tuple(dep.handle for dep in request.depends_on)
+        return LaunchPlan(
+            backend=self.name, handle=request.handle,
+            summary=(f"{ranks} rank(s) on this machine, detached (its own session; exit status recorded by the supervisor)",),
+            files={str(request.spec_path): request.spec.dump()},
+            env=self._environment(request), command=tuple(self._command(request)), cwd=os.getcwd(),
+            native={"ranks": ranks, "exit_file": str(request.job_dir / EXIT_FILE),
+                    "waiting_marker": str(request.job_dir / WAITING_FILE) if after else None},
+            log=str(request.job_dir / LOG_FILE), spec_path=str(request.spec_path), depends_on=after, label=request.label,
+        )
 
-        lines = [
-            f"# local backend: {request.resources.ranks_per_node} rank(s) on this machine, detached",
-            f"# writes {request.spec_path} (below), then runs in {os.getcwd()}:",
-            "env \\",
-            *(f"  {k}={shell_quote(v)} \\" for k, v in passed_environment(self._environment(request)).items()),
-            "  " + " ".join(shell_quote(w) for w in self._command(request)),
-            f"# output: {request.job_dir / LOG_FILE}",
-            f"# --- {request.spec_path} ---",
-            scrub_text(dump_spec(request.spec)).rstrip(),
-        ]
-        return "\n".join(lines) + "\n"
-
-    def submit(self, request: LaunchRequest) -> Submitted:
-        write_spec(request.spec_path, request.spec)
-        log_path = request.job_dir / LOG_FILE
-        (request.job_dir / EXIT_FILE).unlink(missing_ok=True)
-        if request.depends_on:
-            (request.job_dir / WAITING_FILE).touch()  # before the waiter starts: `status` must never say running
-        with open(log_path, "ab") as log:
+    def launch(self, plan: LaunchPlan) -> Submitted:
+        write_files(plan)
+        Path(plan.native["exit_file"]).unlink(missing_ok=True)
+        if plan.native["waiting_marker"]:
+            Path(plan.native["waiting_marker"]).touch()  # before the waiter starts: `status` must never say running
+        with open(plan.log, "ab") as log:
             process = subprocess.Popen(
-                self._command(request), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, **self._environment(request)}, start_new_session=True,
+                list(plan.command), cwd=plan.cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **plan.env}, start_new_session=True,
             )
         info = {"pid": process.pid, "start_ticks": _process_start_ticks(process.pid)}
-        if request.depends_on:
-            info["after"] = [dep.handle for dep in request.depends_on]
-            return Submitted(native_id=str(process.pid), log_path=str(log_path), info=info, state=JobState.PENDING)
-        return Submitted(native_id=str(process.pid), log_path=str(log_path), info=info, state=JobState.RUNNING)
+        if plan.depends_on:
+            info["after"] = list(plan.depends_on)
+            return Submitted(native_id=str(process.pid), log_path=plan.log, info=info, state=JobState.PENDING)
+        return Submitted(native_id=str(process.pid), log_path=plan.log, info=info, state=JobState.RUNNING)
 
     # -- status ----------------------------------------------------------------------------------
     def _alive(self, record) -> bool:
@@ -144,10 +148,10 @@ class LocalBackend(Backend):
             code = 128 - code if code < 0 else code
             if code == 0:
                 return Status(JobState.COMPLETED, 0, "done", ended)
-            if code == EXIT_DEPENDENCY_FAILED and record.info.get("after"):
+            if code == ExitCode.DEPENDENCY_FAILED and record.info.get("after"):
                 return Status(JobState.CANCELLED, code, f"not run: {', '.join(record.info['after'])} did not complete", ended)
             state = JobState.CANCELLED if record.cancel_requested else JobState.FAILED
-            return Status(state, code, EXIT_MEANINGS.get(code, f"exit code {code}"), ended)
+            return Status(state, code, exit_meaning(code), ended)
         if self._alive(record):
             if (Path(record.job_dir) / WAITING_FILE).exists():
                 return Status(JobState.PENDING, None, f"waiting for {', '.join(record.info.get('after') or ['the job it follows'])} to complete")
@@ -229,7 +233,7 @@ def wait_then_exec(argv: list[str]) -> int:
     if "--" not in argv:
         print("usage: python -m orchestrator.backends.local after --marker FILE --wait HANDLE EXIT_FILE PID TICKS ... -- COMMAND...",
               file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1 :]
     marker, waits = None, []
@@ -242,7 +246,7 @@ def wait_then_exec(argv: list[str]) -> int:
             i += 5
         else:
             print(f"unknown option {options[i]}", file=sys.stderr)
-            return 2
+            return ExitCode.BAD_INPUT
     names = ", ".join(w[0] for w in waits)
     print(f"[maectl] waiting for {names} to complete", flush=True)
     pending = list(waits)
@@ -253,9 +257,8 @@ def wait_then_exec(argv: list[str]) -> int:
             if code is None:
                 continue
             if code != 0:
-                meaning = EXIT_MEANINGS.get(128 - code if code < 0 else code, f"exit code {code}")
-                print(f"[maectl] not run: {handle} did not complete ({meaning})", flush=True)
-                return EXIT_DEPENDENCY_FAILED
+                print(f"[maectl] not run: {handle} did not complete ({exit_meaning(code)})", flush=True)
+                return ExitCode.DEPENDENCY_FAILED
             pending.remove(wait)
         if pending:
             time.sleep(DEPENDENCY_POLL_S)
@@ -268,5 +271,5 @@ def wait_then_exec(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] != "after":
         print("usage: python -m orchestrator.backends.local after ...", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(ExitCode.BAD_INPUT)
     sys.exit(wait_then_exec(sys.argv[2:]))

@@ -53,4 +53,4 @@ def summarize(record, prepared, seconds: float) -> None:
     if encoder.exists():
         out.print(f"  encoder (timm)   {encoder}", markup=False)
     if record.tracking_uri:
-        out.print(f"  MLflow           {mlflow_ui_hint(prepared.request.spec['tracking']['uri'])}", markup=False)
+        out.print(f"  MLflow           {mlflow_ui_hint(prepared.request.spec.tracking.uri)}", markup=False)

@@ -74,7 +74,7 @@ def print_submitted(record, prepared, followups=()) -> None:
     out.print(f"  follow   maectl logs {record.handle} --follow", markup=False)
     out.print(f"  status   maectl status {record.handle}", markup=False)
     if record.tracking_uri:
-        out.print(f"  MLflow   experiment {prepared.resolved.tracking_experiment!r}: {mlflow_ui_hint(prepared.request.spec['tracking']['uri'])}", markup=False)
+        out.print(f"  MLflow   experiment {prepared.resolved.tracking_experiment!r}: {mlflow_ui_hint(prepared.request.spec.tracking.uri)}", markup=False)
     for followup in followups:
         out.print(f"  then     [bold]{followup.handle}[/]  {followup.experiment} from {record.handle}'s final checkpoint: "
                   f"[{followup.state.style}]{followup.state.value}[/]" + (f" ({followup.message})" if followup.message else ""))

@@ -70,7 +70,7 @@ def print_submitted(sweep, record, jobs, followups) -> None:
     if record.tracking_uri:
         parent = f"parent run {record.parent_run_id}" if record.parent_run_id else "no parent run (see the warning above)"
         out.print(f"  MLflow   experiment {record.tracking_experiment!r}, {parent}: "
-                  f"{mlflow_ui_hint(sweep.first.request.spec['tracking']['uri'])}", markup=False)
+                  f"{mlflow_ui_hint(sweep.first.request.spec.tracking.uri)}", markup=False)
 
 
 def follow_jobs(handles: list[str], poll_s: float = 2.0) -> int:
