@@ -21,23 +21,25 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from orchestrator.backends import slurm
-from orchestrator.backends.base import PASSED_ENV_PREFIXES
-from orchestrator.backends.slurm import SlurmBackend, SlurmTask, map_state, parse_sinfo
+from mae_core.exitcodes import ExitCode
+from orchestrator import checks
+from orchestrator.backends.slurm import SlurmBackend, SlurmTask, backend as slurm_backend, cluster, map_state, parse_sinfo
+from orchestrator.backends.slurm import task as slurm_task
 from orchestrator.backends.states import JobState
 from orchestrator.cli import main
 from orchestrator.locations import PROJECT_ROOT
+from orchestrator.plan import PASSED_ENV_PREFIXES
+from tests.fixtures import jobs
+from tests.fixtures.plans import check_golden, plan_part, rendered_specs
 
-GOLDEN = Path(__file__).parent / "golden"
 DEMO = "pretrain-vit-tiny-demo"
-SPEC_MARKER = "# --- "
 # Two CPU tasks that fill the development node (2 CPUs); no kNN/reconstruction passes, which
 # only cost time; a metric line per step, so that the tests can tell where a requeue struck.
 TWO_TASKS = ["resources.tasks_per_node=2", "resources.cpus_per_task=1", "resources.mem_gb=2", "resources.time_limit_min=30",
              "monitor.knn_every_epochs=null", "monitor.recon_every_epochs=null", "train.log_every=1", "train.device=cpu"]
 # demo_shards: 400 images; 8 per rank x 2 ranks = 25 steps an epoch, so every run below stays in epoch 0.
 TINY = ["data.batch_size=8", "data.num_workers=1", "checkpoint.every_steps=2", "checkpoint.keep_last=20"]
-END_STATES = {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}
+END_STATES = jobs.end_states()
 
 
 @pytest.fixture(autouse=True)
@@ -50,30 +52,19 @@ def _isolated(tmp_path, monkeypatch):
 
 def _only_env(monkeypatch, **values):
     """Exactly these of the variables that dry-runs show; none inherited."""
-    for name in list(os.environ):
-        if name.startswith(PASSED_ENV_PREFIXES):
-            monkeypatch.delenv(name)
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
+    jobs.only_env(monkeypatch, PASSED_ENV_PREFIXES, **values)
 
 
-def _check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("MAECTL_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"{path} missing: run with MAECTL_UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text(), f"dry-run differs from {path} (MAECTL_UPDATE_GOLDEN=1 to accept)"
+_check_golden = check_golden
 
 
 def _dry_run(capsys, overrides: list[str]) -> tuple[str, dict]:
-    """(the SLURM part of the rendering, the job spec that follows it). The spec, which changes
-    with every config default, is checked by key rather than pinned."""
+    """(the plan as rendered, the job spec it writes). The spec, which changes with every config
+    default, is checked by key rather than pinned."""
     assert main(["submit", DEMO, *overrides, "--backend", "slurm", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    head, _, rest = out.rpartition(SPEC_MARKER)
-    marker, _, spec_text = rest.partition("\n")
-    return head + SPEC_MARKER + marker + "\n", yaml.safe_load(spec_text)
+    [spec] = rendered_specs(out)
+    return plan_part(out), spec
 
 
 # -- without a cluster ---------------------------------------------------------------------------
@@ -143,7 +134,7 @@ def test_parse_sinfo():
     assert set(parts) == {"cpu", "gpu"} and parts["cpu"].default and not parts["gpu"].default
     assert [n.gpus for n in parts["gpu"].nodes] == [4, 2] and parts["gpu"].time_limit_min == 1440
     assert parts["gpu"].nodes[0].features == {"h100", "ib"} and parts["cpu"].nodes[0].memory_mb == 256000
-    assert slurm._minutes("infinite") is None and slurm._minutes("30:00") == 30 and slurm._minutes("1-02:03:04") == 1564
+    assert cluster._minutes("infinite") is None and cluster._minutes("30:00") == 30 and cluster._minutes("1-02:03:04") == 1564
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -160,9 +151,9 @@ def test_parse_sinfo():
 def test_cluster_checks_against_sinfo(capsys, monkeypatch, demo_shards, overrides, key):
     """What sinfo reports decides; the submission stops with exit 2 naming the key."""
     _only_env(monkeypatch)
-    monkeypatch.setattr(slurm, "query_partitions", lambda: parse_sinfo(FAKE_SINFO))
-    monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(slurm, "NODE_LOCAL_PREFIXES", ())  # tmp_path stands for shared storage here
+    monkeypatch.setattr(cluster, "query_partitions", lambda: parse_sinfo(FAKE_SINFO))
+    monkeypatch.setattr(slurm_backend.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(checks, "NODE_LOCAL_PREFIXES", ())  # tmp_path stands for shared storage here
     assert main(["submit", DEMO, *TWO_TASKS, f"data.url={demo_shards}", *overrides, "--backend", "slurm"]) == 2
     assert f": {key}:" in capsys.readouterr().err
     assert not (Path(os.environ["MAECTL_HOME"]) / "jobs.db").exists() or _records() == []
@@ -198,7 +189,7 @@ def test_slurm_states_map_to_maectl_states(native, restarts, reason, exit_code, 
 
 def test_distributed_env_from_the_job_environment():
     job = SimpleNamespace(global_rank=5, local_rank=1, num_tasks=8, num_nodes=2, node=1, hostnames=["gpu-a17", "gpu-a18"], raw_job_id="123456")
-    env = slurm.distributed_env(job)
+    env = slurm_task.distributed_env(job)
     assert env == {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "NODE_RANK": "1",
                    "MASTER_ADDR": "gpu-a17", "MASTER_PORT": str(30000 + 123456 % 2500)}
 
@@ -225,7 +216,7 @@ def test_task_refuses_to_run_past_the_requeue_bound(monkeypatch, capsys):
     _fake_slurm_task_env(monkeypatch, restarts=4)
     with pytest.raises(SystemExit) as exited:
         SlurmTask("/nonexistent/job.yaml", {}, max_requeues=3)()
-    assert exited.value.code == slurm.EXIT_TOO_MANY_REQUEUES
+    assert exited.value.code == ExitCode.TOO_MANY_RESTARTS
     assert "slurm.max_requeues is 3" in capsys.readouterr().out
 
 
@@ -235,57 +226,36 @@ def test_rank_0_stops_for_good_when_submitit_may_not_requeue(monkeypatch, capsys
     from submitit.core.utils import UncompletedJobError
 
     installed = {}
-    monkeypatch.setattr(slurm.signal, "signal", lambda signum, handler: installed.__setitem__(signum, handler))
+    monkeypatch.setattr(slurm_task.signal, "signal", lambda signum, handler: installed.__setitem__(signum, handler))
 
     def submitit_handler(signum, frame):
         raise UncompletedJobError("Job not requeued because: checkpoint function returned None.")
 
     with pytest.raises(SystemExit) as exited:
-        SlurmTask._requeue(0, slurm.signal.SIGUSR2, submitit_handler)
-    assert exited.value.code == slurm.EXIT_TOO_MANY_REQUEUES
+        SlurmTask._requeue(0, slurm_task.signal.SIGUSR2, submitit_handler)
+    assert exited.value.code == ExitCode.TOO_MANY_RESTARTS
     assert "checkpoint function returned None" in capsys.readouterr().out
-    assert installed[slurm.signal.SIGTERM] == slurm.signal.SIG_IGN  # the requeue's SIGTERM may not cut it short
-    assert map_state("FAILED", exit_code=slurm.EXIT_TOO_MANY_REQUEUES).message == "restarted more often than slurm.max_requeues allows"
+    assert installed[slurm_task.signal.SIGTERM] == slurm_task.signal.SIG_IGN  # the requeue's SIGTERM may not cut it short
+    assert map_state("FAILED", exit_code=ExitCode.TOO_MANY_RESTARTS).message == ExitCode.TOO_MANY_RESTARTS.meaning
 
 
 # -- against the stack's SLURM -------------------------------------------------------------------
-def _records():
-    from orchestrator.store import open_store
-
-    return open_store().list()
+_records = jobs.records
+_metric_steps = jobs.metric_steps
+_checkpoint_steps = jobs.checkpoint_steps
+_mlflow_runs = jobs.mlflow_runs
 
 
 def _submit(overrides: list[str]):
-    assert main(["submit", DEMO, *overrides, "--backend", "slurm"]) == 0
-    (record,) = _records()
-    return record
+    return jobs.submit(DEMO, overrides, "slurm")
 
 
 def _wait(record, states, timeout: float):
-    backend, deadline = SlurmBackend(), time.monotonic() + timeout
-    while True:
-        status = backend.status(record)
-        if status.state in states:
-            return status
-        assert time.monotonic() < deadline, f"job {record.handle} still {status.state} after {timeout:.0f}s:\n{_log(record)[-3000:]}"
-        time.sleep(0.5)
+    return jobs.wait(SlurmBackend(), record, states, timeout)
 
 
 def _log(record) -> str:
-    return "".join(SlurmBackend().logs(record))
-
-
-def _metric_steps(output_dir: str) -> list[int]:
-    path = Path(output_dir) / "metrics.jsonl"
-    steps = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            entry = json.loads(line)
-        except ValueError:  # a line being written
-            continue
-        if "train/loss" in entry.get("metrics", {}):
-            steps.append(entry["step"])
-    return steps
+    return jobs.log(SlurmBackend(), record)
 
 
 def _redone_steps(output_dir: str) -> list[int]:
@@ -301,10 +271,6 @@ def _redone_steps(output_dir: str) -> list[int]:
     return [max(before[1], default=before[0]) - start for before, (start, _) in zip(runs, runs[1:])]
 
 
-def _checkpoint_steps(output_dir: str) -> list[int]:
-    return sorted(int(p.stem.split("-")[1]) for p in (Path(output_dir) / "checkpoints").glob("checkpoint-*.pt"))
-
-
 def _wait_checkpoint_after(record, step: int, timeout: float = 120) -> int:
     deadline = time.monotonic() + timeout
     while not [s for s in _checkpoint_steps(record.output_dir) if s > step]:
@@ -314,7 +280,7 @@ def _wait_checkpoint_after(record, step: int, timeout: float = 120) -> int:
 
 
 def _restarts(job_id: str) -> int:
-    return int((slurm._scontrol_job(job_id) or {}).get("Restarts") or 0)
+    return int((cluster._scontrol_job(job_id) or {}).get("Restarts") or 0)
 
 
 def _release_requeued(record, restarts: int, timeout: float = 60) -> None:
@@ -326,14 +292,6 @@ def _release_requeued(record, restarts: int, timeout: float = 60) -> None:
         time.sleep(0.3)
     time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={record.native_id}", "StartTime=now"], check=True, capture_output=True)
-
-
-def _mlflow_runs(uri: str, experiment: str):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    return client, (client.search_runs([found.experiment_id]) if found else [])
 
 
 @pytest.fixture
