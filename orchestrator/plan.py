@@ -109,7 +109,7 @@ def render(plan: LaunchPlan, *, contents: bool = True, env: bool = True) -> str:
         lines.append(f"# starts after {', '.join(plan.depends_on)} completed OK")
     if env:
         lines += render_env(plan)
-    if plan.command:
+    if plan.command and plan.job is None:  # Ray's entrypoint is shown in its job submission
         where = f" (in {plan.cwd})" if plan.cwd else ""
         lines += [f"# command{where}:", " ".join(shell_quote(w) for w in plan.command)]
     if plan.script is not None:

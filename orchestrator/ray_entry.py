@@ -17,8 +17,8 @@ in output_dir and resumes there, and rank 0 continues the same MLflow run (its i
 <output_dir>/mlflow_run_id). Ray's storage (RunConfig.storage_path/name) holds only Ray
 Train's own run state.
 
-Standard library at import time: ray and torch are imported inside `main`, so that `--help`
-and the backend's tests do not pay for them.
+Light at import time (standard library, the job spec, the exit codes): ray and torch are
+imported inside `main`, so that `--help` and the backend's tests do not pay for them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ import os
 import signal
 import socket
 import sys
+
+from mae_core.exitcodes import ExitCode, describe
+
+from .jobspec import JobSpec
 
 
 class WorkerFailed(RuntimeError):
@@ -50,8 +54,8 @@ def train_loop_per_worker(config: dict) -> None:
     # to find one worker among the Ray processes.
     print(f"[maectl] ray worker rank {rank}/{os.environ.get('WORLD_SIZE', '1')}: pid {os.getpid()} on {socket.gethostname()}", flush=True)
     code = run_job(config["spec"])
-    if code != 0:
-        raise WorkerFailed(f"rank {rank}: the runner exited with code {code}")
+    if code != ExitCode.OK:
+        raise WorkerFailed(f"rank {rank}: the runner exited with {describe(int(code))}")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -65,31 +69,23 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _load_spec(location: str) -> dict:
-    import fsspec
-    import yaml
-
-    with fsspec.open(location, "r") as f:
-        return yaml.safe_load(f)
-
-
-def _end_tracking(spec: dict, status: str) -> None:
+def _end_tracking(spec: JobSpec, status: str) -> None:
     """A rank that Ray killed never closes its MLflow run: mark it from here, once the job
     has given up or been stopped, so that it does not stay RUNNING forever."""
-    if not spec.get("tracking", {}).get("enabled"):
+    if not spec.tracking.enabled:
         return
     try:
         from .tracking import end_run_if_running
 
-        end_run_if_running(spec, spec["resolved"]["output_dir"], status)
+        end_run_if_running(spec.to_dict(), spec.output_dir, status)
     except Exception as err:  # noqa: BLE001 — the job's own outcome matters more than this
         _say(f"could not mark the MLflow run {status}: {err}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    spec = _load_spec(args.spec)
-    if spec.get("tracking", {}).get("enabled"):
+    spec = JobSpec.load(args.spec)
+    if spec.tracking.enabled:
         from . import tracking  # noqa: F401 — now, so that a stop has no slow import to wait for
 
     import ray
@@ -103,14 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         _say("stopped (ray job stop / maectl cancel): the run can be continued from its last checkpoint")
         _end_tracking(spec, "KILLED")
         sys.stdout.flush()
-        os._exit(143)  # the driver's end takes its Train controller and workers with it
+        os._exit(ExitCode.TERMINATED)  # the driver's end takes its Train controller and workers with it
 
     # After ray.init, which installs a SIGTERM handler of its own.
     signal.signal(signal.SIGTERM, on_sigterm)
     return _fit(spec, args)
 
 
-def _fit(spec: dict, args: argparse.Namespace) -> int:
+def _fit(spec: JobSpec, args: argparse.Namespace) -> int:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -120,24 +116,24 @@ def _fit(spec: dict, args: argparse.Namespace) -> int:
         resources["GPU"] = args.gpus_per_worker
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec},
+        train_loop_config={"spec": spec.to_dict()},  # plain data through Ray's pickling; run_job types it again
         scaling_config=ScalingConfig(num_workers=args.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=spec["handle"],
+            name=spec.handle,
             storage_path=args.storage_path,
             failure_config=FailureConfig(max_failures=args.max_failures),
         ),
     )
-    _say(f"job {spec['handle']}: TorchTrainer, {args.workers} worker(s) x {resources}, "
-         f"max_failures {args.max_failures}, Ray storage {args.storage_path}/{spec['handle']}")
+    _say(f"job {spec.handle}: TorchTrainer, {args.workers} worker(s) x {resources}, "
+         f"max_failures {args.max_failures}, Ray storage {args.storage_path}/{spec.handle}")
     try:
         trainer.fit()
     except Exception as err:  # noqa: BLE001 — Ray Train's TrainingFailedError and what it wraps
         _say(f"failed after the allowed restarts (max_failures {args.max_failures}): {err}")
         _end_tracking(spec, "FAILED")
-        return 1
+        return ExitCode.FAILED
     _say("ray train run finished")
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

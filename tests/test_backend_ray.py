@@ -8,7 +8,6 @@ Regenerate the golden files after an intended change with MAECTL_UPDATE_GOLDEN=1
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -17,17 +16,16 @@ import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 from orchestrator.backends.ray import RAY_PASSED_ENV_PREFIXES, RayBackend, Scaling, normalise_address
 from orchestrator.backends.states import JobState
 from orchestrator.cli import main
 from orchestrator.locations import PROJECT_ROOT
 from orchestrator.resources import Resources
+from tests.fixtures import jobs
+from tests.fixtures.plans import check_golden, plan_part, rendered_specs
 
-GOLDEN = Path(__file__).parent / "golden"
 DEMO = "pretrain-vit-tiny-demo"
-SPEC_MARKER = "# --- "
 # Two CPU workers that fit the development head (2 CPUs); no kNN/reconstruction passes, which
 # only cost time here; a metric line per step, so that the kill test can tell where it struck.
 TWO_WORKERS = ["resources.tasks_per_node=2", "resources.cpus_per_task=1", "monitor.knn_every_epochs=null",
@@ -45,29 +43,20 @@ def _isolated(tmp_path, monkeypatch):
 
 def _only_env(monkeypatch, **values):
     """Exactly these of the variables that the backend passes to jobs; none inherited."""
-    for name in list(os.environ):
-        if name.startswith(RAY_PASSED_ENV_PREFIXES) or name == "RAY_ADDRESS":
-            monkeypatch.delenv(name)
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    jobs.only_env(monkeypatch, RAY_PASSED_ENV_PREFIXES, **values)
 
 
-def _check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("MAECTL_UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"{path} missing: run with MAECTL_UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text(), f"dry-run differs from {path} (MAECTL_UPDATE_GOLDEN=1 to accept)"
+_check_golden = check_golden
 
 
 def _dry_run(capsys, overrides: list[str]) -> tuple[str, dict]:
-    """(the Ray part of the rendering, the job spec that follows it)."""
+    """(the plan as rendered, the job spec it writes, once per copy: the job folder's and the working_dir's)."""
     assert main(["submit", DEMO, *overrides, "--backend", "ray", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    head, _, rest = out.partition(SPEC_MARKER)
-    spec = yaml.safe_load(rest.split("\n", 1)[1])
-    return head + SPEC_MARKER + rest.split("\n", 1)[0] + "\n", spec
+    specs = rendered_specs(out)
+    assert len(specs) == 2 and specs[0] == specs[1]
+    return plan_part(out), specs[0]
 
 
 # -- without a cluster ---------------------------------------------------------------------------
@@ -127,57 +116,22 @@ def test_scaling_from_resources():
 
 
 # -- against the stack's Ray head ----------------------------------------------------------------
-def _records():
-    from orchestrator.store import open_store
-
-    return open_store().list()
+_records = jobs.records
+_metric_steps = jobs.metric_steps
+_checkpoint_steps = jobs.checkpoint_steps
+_mlflow_runs = jobs.mlflow_runs
 
 
 def _submit(overrides: list[str]):
-    assert main(["submit", DEMO, *overrides, "--backend", "ray"]) == 0
-    (record,) = _records()
-    return record
+    return jobs.submit(DEMO, overrides, "ray")
 
 
 def _wait(record, states, timeout: float):
-    backend, deadline = RayBackend(), time.monotonic() + timeout
-    while True:
-        status = backend.status(record)
-        if status.state in states:
-            return status
-        assert time.monotonic() < deadline, f"job {record.handle} still {status.state} after {timeout:.0f}s:\n{_log(record)[-3000:]}"
-        time.sleep(0.5)
+    return jobs.wait(RayBackend(), record, states, timeout)
 
 
 def _log(record) -> str:
-    return "".join(RayBackend().logs(record))
-
-
-def _metric_steps(output_dir: str) -> list[int]:
-    path = Path(output_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    steps = []
-    for line in path.read_text().splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:  # a line being written
-            continue
-        if "train/loss" in entry.get("metrics", {}):
-            steps.append(entry["step"])
-    return steps
-
-
-def _checkpoint_steps(output_dir: str) -> list[int]:
-    return sorted(int(p.stem.split("-")[1]) for p in (Path(output_dir) / "checkpoints").glob("checkpoint-*.pt"))
-
-
-def _mlflow_runs(uri: str, experiment: str):
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    return client, (client.search_runs([found.experiment_id]) if found else [])
+    return jobs.log(RayBackend(), record)
 
 
 @pytest.fixture

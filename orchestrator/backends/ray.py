@@ -25,7 +25,7 @@ path and the output folder are writable; the dataset manifest is readable.
 Dependencies (pipelines): Ray has no job dependencies, so a follow-up is a Ray Job submitted at
 once whose entrypoint is `python -m orchestrator.backends.ray after --job ID ... -- <entrypoint>`:
 a waiter that polls the Ray Jobs it follows on the cluster's job API and, once all SUCCEEDED,
-replaces itself (exec) with the real entrypoint, or exits with EXIT_DEPENDENCY_FAILED if one
+replaces itself (exec) with the real entrypoint, or exits with ExitCode.DEPENDENCY_FAILED if one
 failed or was stopped. The chain lives on the cluster, so the submitting machine may go away.
 The waiter reserves no CPU (a Ray Job's entrypoint asks for none); `status` shows PENDING while
 it waits, CANCELLED ("not run") if it gave up.
@@ -41,18 +41,22 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from mae_core.exitcodes import ExitCode
+
+from .. import checks
 from ..experiments import HANDLE_PLACEHOLDER, ExperimentError
-from ..redact import REDACTED, is_secret_name, scrub_text
-from .base import EXIT_DEPENDENCY_FAILED, PASSED_ENV_PREFIXES, Backend, LaunchRequest, Status, Submitted, dump_spec, write_spec
+from ..jobspec import SPEC_FILE
+from ..plan import PASSED_ENV_PREFIXES, LaunchPlan, write_files
+from ..redact import scrub_text
+from .base import Backend, LaunchRequest, Status, Submitted
 from .states import JobState
 
 WORKING_DIR = "ray"  # under the job's folder: holds only job.yaml, the job's working_dir
-SPEC_NAME = "job.yaml"
+SPEC_NAME = SPEC_FILE
 # Ray Train's own knobs (health-check interval, timeouts) set where maectl runs reach the job.
 RAY_PASSED_ENV_PREFIXES = (*PASSED_ENV_PREFIXES, "RAY_TRAIN_")
 HTTP_TIMEOUT_S = 10.0
@@ -184,8 +188,8 @@ class RayBackend(Backend):
                                                         f"(ray:// client and GCS addresses are not for job submission)")
         if request.resources.nodes > 1:
             for key, location in (("ray.storage_path", self._storage_path(request)), ("output_dir", request.experiment.run.output_dir)):
-                if _node_local(location):
-                    raise ExperimentError(source, key, f"{location} is on this machine's /tmp, but the job spans {request.resources.nodes} nodes: "
+                if checks.is_node_local(location):
+                    raise ExperimentError(source, key, f"{location} is node-local storage, but the job spans {request.resources.nodes} nodes: "
                                                        f"use a folder that every node mounts, or s3://")
         if request.handle == HANDLE_PLACEHOLDER:
             # A dry-run (its handle is still the placeholder): print the spec without contacting
@@ -196,12 +200,11 @@ class RayBackend(Backend):
                                                         "or $RAY_ADDRESS")
         self._check_cluster(request, address, source)
         for key, location in (("ray.storage_path", self._storage_path(request)), ("output_dir", request.experiment.run.output_dir)):
-            problem = _not_writable(location)
+            problem = checks.probe_writable(location)
             if problem:
                 raise ExperimentError(source, key, f"cannot write to {scrub_text(location)} ({problem}); the job would fail at its first "
                                                    f"checkpoint")
-        if not request.experiment.uses_demo_data:  # the demo dataset is generated at launch
-            self._check_data(request, source)
+        checks.check_manifest(request.experiment)
 
     def _check_cluster(self, request: LaunchRequest, address: str, source: str) -> None:
         try:
@@ -226,29 +229,20 @@ class RayBackend(Backend):
                 f"resources.nodes, tasks_per_node, gpus_per_node or cpus_per_task, or set ray.autoscaling=true if the cluster adds "
                 f"nodes on demand")
 
-    def _check_data(self, request: LaunchRequest, source: str) -> None:
-        from mae_core.data.manifest import read_manifest
-
-        data = request.experiment.run.data
-        options = dict(data.storage_options)
-        if data.url.startswith("s3://"):
-            options.setdefault("config_kwargs", {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 2}})
-        try:
-            read_manifest(data.url, "train", storage_options=options)
-        except Exception as err:  # noqa: BLE001 — any reason it cannot be read is worth stopping for
-            raise ExperimentError(source, "data.url", f"cannot read the training manifest of {scrub_text(data.url)}: "
-                                                      f"{scrub_text(str(err))[:300]}") from None
-
-    # -- dry-run and submit ----------------------------------------------------------------------
-    def dry_run(self, request: LaunchRequest) -> str:
+    # -- the plan and its launch ------------------------------------------------------------------
+    def plan(self, request: LaunchRequest) -> LaunchPlan:
         scaling = Scaling.of(request.resources)
         config = self._config(request)
-        env = {k: (REDACTED if is_secret_name(k) else scrub_text(v)) for k, v in self._environment(request).items()}
+        address = self._address(request)
+        working_dir = self._working_dir(request)
+        env = self._environment(request)
+        entrypoint = self._entrypoint(request)
+        spec_text = request.spec.dump()
         job = {
-            "address": scrub_text(self._address(request) or "<$RAY_ADDRESS: not set>"),
+            "address": address or "<$RAY_ADDRESS: not set>",
             "submission_id": request.handle,
-            "entrypoint": shlex.join(self._entrypoint(request)),
-            "runtime_env": {"working_dir": str(self._working_dir(request)), "env_vars": env},
+            "entrypoint": shlex.join(entrypoint),
+            "runtime_env": {"working_dir": str(working_dir), "env_vars": env},
             "metadata": self._metadata(request),
         }
         trainer = {
@@ -258,35 +252,28 @@ class RayBackend(Backend):
                            "failure_config": {"max_failures": config.max_failures}},
             "checkpoints": f"the engine's, in {request.experiment.run.output_dir} (resumed after a restart)",
         }
-        lines = [
-            f"# ray backend: a Ray Job whose driver runs a Ray Train TorchTrainer with {scaling.workers} worker(s); "
-            f"submit returns at once",
-            f"# writes {self._working_dir(request) / SPEC_NAME} (below; the job's working_dir), then submits:",
-            _dump_unwrapped({"ray_job": job}),
-            "# the entrypoint builds:",
-            _dump_unwrapped({"torch_trainer": trainer}),
-            f"# --- {self._working_dir(request) / SPEC_NAME} ---",
-            scrub_text(dump_spec(request.spec)).rstrip(),
-        ]
-        return "\n".join(lines) + "\n"
+        return LaunchPlan(
+            backend=self.name, handle=request.handle,
+            summary=(f"a Ray Job whose driver runs a Ray Train TorchTrainer with {scaling.workers} worker(s); submit returns at once",
+                     f"the job's working_dir is {working_dir} (the spec only); the entrypoint builds the TorchTrainer below"),
+            files={str(request.spec_path): spec_text, str(working_dir / SPEC_NAME): spec_text},
+            env=env, inherits_env=False, command=tuple(entrypoint), job=job, native={"torch_trainer": trainer},
+            spec_path=str(working_dir / SPEC_NAME), depends_on=tuple(d.handle for d in request.depends_on), label=request.label,
+        )
 
-    def submit(self, request: LaunchRequest) -> Submitted:
+    def launch(self, plan: LaunchPlan) -> Submitted:
         from ray.job_submission import JobSubmissionClient
 
-        write_spec(request.spec_path, request.spec)
-        write_spec(self._working_dir(request) / SPEC_NAME, request.spec)
-        address = self._address(request)
-        client = JobSubmissionClient(address)
-        submission_id = client.submit_job(
-            entrypoint=shlex.join(self._entrypoint(request)),
-            submission_id=request.handle,
-            runtime_env=self._runtime_env(request),
-            metadata=self._metadata(request),
-        )
-        info = {"address": address, "submission_id": submission_id, "storage_path": self._storage_path(request),
-                "dashboard": f"{address}/#/jobs/{submission_id}"}
-        if request.depends_on:
-            info["after"] = [dep.handle for dep in request.depends_on]
+        job = plan.job
+        write_files(plan)
+        client = JobSubmissionClient(job["address"])
+        submission_id = client.submit_job(entrypoint=job["entrypoint"], submission_id=job["submission_id"],
+                                          runtime_env=job["runtime_env"], metadata=job["metadata"])
+        address = job["address"]
+        info = {"address": address, "submission_id": submission_id,
+                "storage_path": plan.native["torch_trainer"]["run_config"]["storage_path"], "dashboard": f"{address}/#/jobs/{submission_id}"}
+        if plan.depends_on:
+            info["after"] = list(plan.depends_on)
         return Submitted(native_id=submission_id, log_path=None, info=info, state=JobState.PENDING)
 
     # -- status, logs, cancel --------------------------------------------------------------------
@@ -299,8 +286,8 @@ class RayBackend(Backend):
         state = STATES.get(info.get("status"), JobState.UNKNOWN)
         message = None
         after = record.info.get("after") or []
-        if after and state == JobState.FAILED and info.get("driver_exit_code") == EXIT_DEPENDENCY_FAILED:
-            return Status(JobState.CANCELLED, EXIT_DEPENDENCY_FAILED, f"not run: {', '.join(after)} did not succeed")
+        if after and state == JobState.FAILED and info.get("driver_exit_code") == ExitCode.DEPENDENCY_FAILED:
+            return Status(JobState.CANCELLED, ExitCode.DEPENDENCY_FAILED, f"not run: {', '.join(after)} did not succeed")
         if after and state in (JobState.PENDING, JobState.RUNNING):
             waiting = [h for h in after if _job_status(record.info["address"], h) != "SUCCEEDED"]
             if waiting:
@@ -361,48 +348,11 @@ class RayBackend(Backend):
             time.sleep(0.5)
 
 
-def _dump_unwrapped(tree: dict) -> str:
-    """YAML with no folded lines: an entrypoint is read (and copied) as one line."""
-    import yaml
-
-    return yaml.safe_dump(tree, sort_keys=False, default_flow_style=False, width=10_000).rstrip()
-
-
 def _alive_nodes(address: str) -> list[dict]:
     """Nodes from the state API (`ray list nodes`), alive ones only."""
     answer = _http_json(f"{address}/api/v0/nodes?limit=10000&detail=false")
     nodes = ((answer or {}).get("data") or {}).get("result", {}).get("result", [])
     return [n for n in nodes if n.get("state") == "ALIVE"]
-
-
-def _node_local(location: str) -> bool:
-    if "://" in location and not location.startswith("file://"):
-        return False
-    path = os.path.realpath(location.removeprefix("file://"))
-    return path == "/tmp" or path.startswith("/tmp/")
-
-
-def _not_writable(location: str) -> str | None:
-    """Why `location` cannot be written (None if it can): create it, write and remove a probe.
-
-    Checked from where maectl runs: right for s3:// and for a folder mounted here and on the
-    cluster alike; a folder that exists only on the cluster's nodes cannot be checked here."""
-    import fsspec
-
-    options = {}
-    if location.startswith("s3://"):
-        # Fail in seconds, not after botocore's default retries.
-        options["config_kwargs"] = {"connect_timeout": 5, "read_timeout": 10, "retries": {"max_attempts": 2}}
-    try:
-        fs, path = fsspec.core.url_to_fs(location, **options)
-        fs.makedirs(path, exist_ok=True)
-        probe = f"{path.rstrip('/')}/.maectl-write-probe-{uuid.uuid4().hex[:8]}"
-        with fs.open(probe, "wb") as f:
-            f.write(b"ok")
-        fs.rm(probe)
-    except Exception as err:  # noqa: BLE001 — permission, missing bucket, no credentials, ...
-        return scrub_text(f"{type(err).__name__}: {err}")[:300]
-    return None
 
 
 def _job_status(address: str, submission_id: str) -> str | None:
@@ -438,10 +388,10 @@ def _cluster_job_api(submitted_address: str) -> str:
 
 def wait_then_exec(argv: list[str]) -> int:
     """`after --job ID [--job ID ...] --address URL -- ENTRYPOINT...`: run ENTRYPOINT once every
-    Ray Job named has SUCCEEDED; exit EXIT_DEPENDENCY_FAILED if one failed, was stopped or is unknown."""
+    Ray Job named has SUCCEEDED; exit ExitCode.DEPENDENCY_FAILED if one failed, was stopped or is unknown."""
     if "--" not in argv:
         print("usage: python -m orchestrator.backends.ray after --job ID ... --address URL -- ENTRYPOINT...", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     split = argv.index("--")
     options, command = argv[:split], argv[split + 1 :]
     jobs, address = [], ""
@@ -465,7 +415,7 @@ def wait_then_exec(argv: list[str]) -> int:
                 pending.remove(job)
             elif status in ("FAILED", "STOPPED", None):
                 print(f"[maectl] not run: {job} {'is unknown to the cluster' if status is None else status.lower()}", flush=True)
-                return EXIT_DEPENDENCY_FAILED
+                return ExitCode.DEPENDENCY_FAILED
         if pending:
             time.sleep(DEPENDENCY_POLL_S)
     print(f"[maectl] {', '.join(jobs)} succeeded: starting", flush=True)
@@ -475,5 +425,5 @@ def wait_then_exec(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] != "after":
         print("usage: python -m orchestrator.backends.ray after ...", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(ExitCode.BAD_INPUT)
     sys.exit(wait_then_exec(sys.argv[2:]))
