@@ -1,24 +1,33 @@
 """JPEG bytes -> a cropped, resized uint8 image tensor, decoding no more pixels than the crop needs.
 
 JPEG decoding dominates the input pipeline. What makes it cheap here:
-- libjpeg-turbo through simplejpeg for baseline and progressive YCbCr / greyscale JPEGs (nearly all
-  of ImageNet): the header is read without decoding (~1 us), the decode writes straight into a
-  numpy array. Training modes use libjpeg-turbo's fast integer IDCT and fast (replicating) chroma
-  upsampling: ~5% less decode time, about one grey level from PIL's decode on average (the fast
-  IDCT rounds ~0.8 level darker; chroma edges differ more), measured in docs/data.md. Eval decodes
-  with the accurate IDCT and PIL's (smooth) chroma upsampling: after the resize, 0.05 level from
-  PIL's decode on average, 2 at most.
-- Reduced-scale decoding: the crop is chosen from the header alone, before decoding, so the JPEG
-  can be decoded at 1/2, 1/4 or 1/8 scale (in the DCT domain, far cheaper than decoding in full and
-  shrinking) when the crop still covers at least the output size at that scale. libjpeg-turbo also
-  offers 3/8, 5/8, 6/8 and 7/8, but their IDCTs are plain C and cost more than a full-size SIMD
-  decode, so only the power-of-two scales are used.
+- Crop-window decoding (libjpeg-turbo's scanline API through the small C extension `_jpegcrop`):
+  the crop is chosen from the header alone, before decoding, and only the crop is decoded: no IDCT,
+  upsampling or colour conversion for the columns beside it (`jpeg_crop_scanline`, to the nearest
+  8/16-pixel block) or the rows above it (`jpeg_skip_scanlines`), and the rows below it are never
+  entropy-decoded at all (decoding stops at its last row). Entropy (Huffman) decoding of everything
+  above the crop's bottom cannot be skipped: a baseline JPEG has no index into its scan. On
+  RandomResizedCrop(0.2-1) boxes of 500 x 375 photos this is ~15-25% of the decode (docs/benchmarks.md).
+  The decoded rows land in their final buffer: no copy of the crop before resizing.
+- Reduced-scale decoding: the JPEG is decoded at 1/2, 1/4 or 1/8 scale (in the DCT domain, far
+  cheaper than decoding in full and shrinking) when the crop still covers at least the output size
+  at that scale; combined with the crop window. libjpeg-turbo also offers 3/8, 5/8, 6/8 and 7/8,
+  but their IDCTs are plain C and cost more than a full-size SIMD decode, so only the power-of-two
+  scales are used.
+- Training modes use libjpeg-turbo's fast integer IDCT and fast (replicating) chroma upsampling:
+  ~5% less decode time, about one grey level from PIL's decode on average (the fast IDCT rounds
+  ~0.8 level darker; chroma edges differ more), measured in docs/data.md. Eval decodes with the
+  accurate IDCT and smooth chroma upsampling: after the resize, 0.05 level from PIL's decode on
+  average, 2 at most.
 - The crop is resized with torch's uint8 antialiased bicubic kernel on a channels-last view of the
   decoded pixels, several times faster than PIL's resize, and matching it to about one grey level.
 
-Anything else (PNG or other formats, CMYK / YCCK JPEGs, or a JPEG that libjpeg-turbo refuses
-in strict mode, e.g. one with a recoverable warning) goes through PIL, with PIL's draft mode for
-the same reduced scales. Bytes that neither decodes raise, and the loader skips the sample.
+Fallbacks, each decoding the same pixels as before it existed: without the extension (not built:
+no C compiler or libjpeg headers where maectl was installed) YCbCr / greyscale JPEGs are decoded
+whole by libjpeg-turbo through simplejpeg (header read without decoding, ~1 us), then cropped.
+Anything else (PNG or other formats, CMYK / YCCK JPEGs, or a JPEG that libjpeg-turbo refuses in
+strict mode, e.g. one with a recoverable warning) goes through PIL, with PIL's draft mode for the
+same reduced scales. Bytes that no decoder takes raise, and the loader skips the sample.
 """
 
 from __future__ import annotations
@@ -35,12 +44,18 @@ try:
     import simplejpeg
 except ImportError:  # a dependency, but an old environment may lack it: PIL does everything then
     simplejpeg = None
+try:
+    from . import _jpegcrop  # built at install when a C compiler and libjpeg's headers are there
+except ImportError:
+    _jpegcrop = None
 
 DRAFT_FACTORS = (8, 4, 2)  # the reduced scales decoded to (libjpeg-turbo scaling / PIL draft mode)
 # JPEG colour spaces decoded by libjpeg-turbo. CMYK / YCCK go through PIL, whose handling of
 # Adobe's inverted CMYK is what the shard writer and verifier use too.
 FAST_COLORSPACES = ("YCbCr", "Gray")
-# False: decode every image with PIL (the pre-simplejpeg path); for benchmarks and comparisons.
+# For benchmarks and comparisons: use_crop_decode False decodes whole images (simplejpeg), as
+# before the crop-window decoder; use_simplejpeg False decodes every image with PIL.
+use_crop_decode = True
 use_simplejpeg = True
 
 
@@ -57,7 +72,8 @@ class View:
 
 class EncodedImage:
     """Encoded bytes with their header read: `size` (width, height, as PIL's) is known, no pixels
-    are decoded yet. `decoded_by` says which decoder `decode_view` used ("simplejpeg" or "pil")."""
+    are decoded yet. `fast`: a YCbCr or greyscale JPEG, for libjpeg-turbo. `decoded_by` says which
+    decoder `decode_view` used ("crop window", "simplejpeg" or "pil")."""
 
     __slots__ = ("data", "size", "fast", "_pil", "decoded_by")
 
@@ -75,9 +91,12 @@ class EncodedImage:
 
 def open_image(data: bytes) -> EncodedImage:
     """Read the header only. Raises (PIL's error) when the bytes are not an image PIL knows."""
-    if simplejpeg is not None and use_simplejpeg:
+    if use_simplejpeg and (simplejpeg is not None or (_jpegcrop is not None and use_crop_decode)):
         try:
-            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+            if simplejpeg is not None:
+                height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+            else:
+                width, height, colorspace = _jpegcrop.header(data)
         except ValueError:  # not a JPEG (e.g. a PNG saved as .jpg), or a header libjpeg-turbo refuses
             pass
         else:
@@ -102,21 +121,39 @@ def decode_view(image: EncodedImage, view: View, out_size: int, *, draft: bool =
     draft: decode at 1/2, 1/4 or 1/8 scale when the crop allows. fast: libjpeg-turbo's fast IDCT
     and chroma upsampling (training); False decodes as PIL does, to within a grey level (eval)."""
     factor = draft_factor(view, out_size) if draft else 1
-    pixels = None
-    if image.fast:
-        pixels = _decode_simplejpeg(image, factor, fast)
-    if pixels is None:
-        pixels = _decode_pil(image, factor)
-    full_w, full_h = image.size
-    y0, y1 = _scaled_span(view.top, view.height, full_h, pixels.shape[0])
-    x0, x1 = _scaled_span(view.left, view.width, full_w, pixels.shape[1])
-    # A contiguous copy of just the crop: HWC memory is NCHW channels-last, the layout torch's
-    # uint8 antialiased resize is vectorised for.
-    crop = torch.from_numpy(np.array(pixels[y0:y1, x0:x1])).permute(2, 0, 1).unsqueeze(0)
+    crop = _decode_crop_window(image, view, factor, fast) if image.fast and _jpegcrop is not None and use_crop_decode else None
+    if crop is None:
+        pixels = None
+        if image.fast and simplejpeg is not None:
+            pixels = _decode_simplejpeg(image, factor, fast)
+        if pixels is None:
+            pixels = _decode_pil(image, factor)
+        full_w, full_h = image.size
+        y0, y1 = _scaled_span(view.top, view.height, full_h, pixels.shape[0])
+        x0, x1 = _scaled_span(view.left, view.width, full_w, pixels.shape[1])
+        # A contiguous copy of just the crop: HWC memory is NCHW channels-last, the layout torch's
+        # uint8 antialiased resize is vectorised for.
+        crop = torch.from_numpy(np.array(pixels[y0:y1, x0:x1])).permute(2, 0, 1).unsqueeze(0)
     out = F.interpolate(crop, size=(out_size, out_size), mode="bicubic", antialias=True)
     if view.flip:
         out = out.flip(-1)
     return out[0]  # (3, S, S), channels-last strides; batching makes it contiguous
+
+
+def _decode_crop_window(image: EncodedImage, view: View, factor: int, fast: bool) -> torch.Tensor | None:
+    """(1, 3, h, w) uint8 channels-last: only `view` decoded, at 1/factor scale; None when
+    libjpeg-turbo refuses the data (strict, as simplejpeg: the whole-image decoders then decide)."""
+    full_w, full_h = image.size
+    # libjpeg's scaled size is ceil(size / factor), the same grid the whole-image path crops from.
+    y0, y1 = _scaled_span(view.top, view.height, full_h, -(-full_h // factor))
+    x0, x1 = _scaled_span(view.left, view.width, full_w, -(-full_w // factor))
+    try:
+        pixels = _jpegcrop.decode(image.data, factor, x0, y0, x1 - x0, y1 - y0, fast)
+    except ValueError:
+        return None
+    image.decoded_by = "crop window"
+    # HWC bytes are NCHW channels-last: no copy before the resize.
+    return torch.frombuffer(pixels, dtype=torch.uint8).view(1, y1 - y0, x1 - x0, 3).permute(0, 3, 1, 2)
 
 
 def _decode_simplejpeg(image: EncodedImage, factor: int, fast: bool = True) -> np.ndarray | None:
