@@ -38,6 +38,8 @@ from mae_core.structured import bounded
 from . import locations
 from .errors import UsageError
 from .resources import Resources, config_error
+from .site import DATASET_SCHEME, Site, detect_backend
+from .site import active as active_site
 
 HANDLE_PLACEHOLDER = "<handle>"
 BACKENDS = ("local", "slurm", "ray")
@@ -261,7 +263,18 @@ def _resolve_extends(ref: Any, from_file: Path, key_origin: str) -> Path:
     if not isinstance(ref, str) or not ref:
         raise ExperimentError(key_origin, "extends", f"expected a file or job name (or a list of them), got {ref!r}")
     names = [ref] if Path(ref).suffix in (".yaml", ".yml") else [f"{ref}.yaml", f"{ref}.yml"]
-    for folder in (from_file.parent, *locations.jobs_dirs()):
+    extra = locations.extra_jobs_dirs()
+    # A reference beside the file that lands in the checkout's jobs/ (`../base/pretrain.yaml`) is
+    # looked up under the site's folders first, by its path below jobs/.
+    for name in names:
+        beside = (from_file.parent / name).resolve()
+        for root in (d for d in locations.jobs_dirs() if d not in extra):
+            if beside.is_relative_to(root.resolve()):
+                for folder in extra:
+                    if (folder / beside.relative_to(root.resolve())).is_file():
+                        return (folder / beside.relative_to(root.resolve())).resolve()
+    # Site folders first, so that a site can shadow base/pretrain.yaml; then beside the file.
+    for folder in (*extra, from_file.parent, *locations.jobs_dirs()):
         for name in names:
             if (folder / name).is_file():
                 return (folder / name).resolve()
@@ -269,7 +282,7 @@ def _resolve_extends(ref: Any, from_file: Path, key_origin: str) -> Path:
         matches = [p for p in _yaml_files(root) if p.stem == Path(ref).stem]
         if len(matches) == 1:
             return matches[0].resolve()
-    raise ExperimentError(key_origin, "extends", f"cannot find {ref!r} (looked beside the file and under the jobs folders)")
+    raise ExperimentError(key_origin, "extends", f"cannot find {ref!r} (looked in the site's folders, beside the file and under the jobs folders)")
 
 
 def load_tree(path: Path, _stack: tuple[Path, ...] = ()) -> MergedTree:
@@ -434,6 +447,8 @@ class ResolvedExperiment:
     train_images: int | None = None  # from the dataset manifest, when it was readable
     sweep_axes: list[tuple[str, list]] = field(default_factory=list)  # the file's `sweep:` block
     pipeline: PipelineConfig | None = None  # the file's `pipeline:` block
+    site: Site | None = None  # the site file in effect (orchestrator/site.py)
+    backend_reason: str = ""  # why this backend: --backend, the file, the site, or detected
 
     @property
     def uses_demo_data(self) -> bool:
@@ -520,6 +535,10 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: s
     overrides = list(overrides or [])
     name, path = locate(name_or_path)
     tree = load_tree(path)
+    site = active_site()
+    if site.config.defaults:
+        site_label = _display(site.path)
+        _merge(tree.data, site.config.defaults, tree.origins, lambda p: site_label)
     apply_overrides(tree, overrides)
     for key, value in (injected or {}).items():
         set_key(tree, key.split("."), value, injected_by)
@@ -532,6 +551,14 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: s
                                          + (f"; did you mean {close[0]!r}?" if close else ""))
     if backend is not None:
         _merge(tree.data, {"backend": backend}, tree.origins, lambda p: "command line (--backend)")
+        backend_reason = "--backend"
+    elif "backend" in tree.data:
+        backend_reason = f"set in {tree.origin('backend')}"
+    elif site.config.backend:
+        tree.data["backend"] = site.config.backend
+        backend_reason = f"from the {site.label}"
+    else:
+        tree.data["backend"], backend_reason = detect_backend()
     where = _Locator(tree, path)
     from mae_core.structured import ConfigError, from_dict  # loads torch: not needed by list/status/logs
     output_root = output_root or locations.output_root()
@@ -553,6 +580,14 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: s
     data = run_tree.get("data")
     if not isinstance(data, dict) or not data.get("url"):
         raise where.error("data.url", "is required: where the dataset shards are (a folder, file:// or s3:// URL, or builtin:demo)")
+    if isinstance(data.get("url"), str) and data["url"].startswith(DATASET_SCHEME):
+        dataset = data["url"][len(DATASET_SCHEME):]
+        location = site.dataset_url(dataset)
+        if location is None:
+            known = ", ".join(sorted(site.config.datasets)) or "none"
+            raise where.error("data.url", f"dataset {dataset!r} has no location on this site: add `datasets: {{{dataset}: URL}}` "
+                                          f"to the site file ({site.label}; known: {known}), or give data.url=URL")
+        data["url"] = location
     if data.get("url") == BUILTIN_DEMO_DATA:
         data["url"] = demo_data_location(output_root)
     run_tree = _substitute(run_tree, {"output_root": output_root, "experiment": name, "handle": handle})
@@ -570,7 +605,7 @@ def resolve(name_or_path: str, overrides: list[str] | None = None, *, backend: s
     if run.task in ("finetune", "linprobe") and not run.checkpoint.init_from:
         raise where.error("checkpoint.init_from", f"a {run.task} job needs pretrained weights (a checkpoint path or URL)")
     resolved = ResolvedExperiment(name, path, shown_overrides, spec, run, handle, output_root, notes, where,
-                                  sweep_axes=sweep_axes, pipeline=pipeline)
+                                  sweep_axes=sweep_axes, pipeline=pipeline, site=site, backend_reason=backend_reason)
     if check_data:
         if make_handle is not None:  # a real submission, not `show` or a dry-run
             check_local_data(resolved)

@@ -126,7 +126,7 @@ BAD_FILES = {
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "MAECTL_", "RAY_ADDRESS"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "MAECTL_", "RAY_ADDRESS")) or k == "MAECTL_SITE"}
     env.update({"MAECTL_HOME": str(tmp_path / "home"), "MAECTL_OUTPUT_ROOT": str(tmp_path / "out"),
                 "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/never/mlflow.db"})
     return env
@@ -164,7 +164,7 @@ def test_at_least_200_cases():
 @pytest.mark.parametrize("item, key", OVERRIDE_CASES, ids=[c[0] for c in OVERRIDE_CASES])
 def test_bad_override_is_refused(item, key, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(PROJECT_ROOT)
-    for name in [k for k in os.environ if k.startswith(("AWS_", "MLFLOW_", "MAECTL_")) or k == "RAY_ADDRESS"]:
+    for name in [k for k in os.environ if (k.startswith(("AWS_", "MLFLOW_", "MAECTL_")) and k != "MAECTL_SITE") or k == "RAY_ADDRESS"]:
         monkeypatch.delenv(name)
     for name, value in _env(tmp_path).items():
         monkeypatch.setenv(name, value)
