@@ -1,11 +1,22 @@
 """A synthetic, class-structured dataset in ImageNet's layout, for the demo job and the tests.
 
-Each class is a shape or a texture (disk, square, triangle, ring, cross, stripes in three
-orientations, checkerboard, dots); position, size, rotation, colours and noise are random per image
-and drawn from the same distribution for every class. Colour therefore says nothing about the
-class: telling classes apart takes shape and texture features, which is what pretraining must
-learn (a randomly initialised encoder's features do markedly worse in a linear probe or kNN).
-Classes beyond ten repeat the patterns at another scale/frequency.
+Each class is a shape or a texture: a disk, square, triangle, ring or cross of random size,
+position and rotation, or horizontal, vertical or diagonal stripes, a checkerboard or dots that fill
+the image at a random frequency and phase. Images are grey levels (the three channels equal, plus
+per-pixel noise): a random background level, a foreground brighter or darker by a random contrast,
+a random background gradient and noise, all drawn from the same distribution for every class.
+Neither brightness nor contrast says anything about the class: telling classes apart takes shape
+and texture features, which is what pretraining must learn. Classes beyond ten repeat the patterns
+at another scale/frequency.
+
+Measured with the demo job (`jobs/pretrain-vit-tiny-demo.yaml`: `mae_vit_micro_patch4_32`, 60
+epochs, ~95 s of training on 2 CPU cores), kNN top-1 on the 200 val images with mean-pooled
+features: pretrained 74% against 47% for a randomly initialised encoder (train seeds 0 and 1;
+chance 10%); a linear probe 79 / 75.5% against 59 / 60.5%. See `docs/data.md` for the figures and
+`tests/test_demo_signal.py` for the check. Why it looks like this (each measured): with random
+colours (an earlier version) a tiny MAE's features are mostly colour, and pretrained and random
+encoders both sat near chance (kNN ~15% vs ~13%) even after 40 epochs; small shapes anywhere in
+the image left the pretrained encoder's lead seed-dependent (+7 to +21 points).
 """
 
 from __future__ import annotations
@@ -73,11 +84,13 @@ def render(label: int, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    background = rng.uniform(0.1, 0.9, 3)
-    direction = rng.normal(size=3)
-    direction /= np.linalg.norm(direction) + 1e-6
-    foreground = np.clip(background + direction * rng.uniform(0.45, 0.7), 0, 1)  # always visible
-    return background, foreground
+    """Grey background and foreground levels; the foreground is lighter or darker at random."""
+    level = rng.uniform(0.1, 0.9)
+    contrast = rng.choice((-1.0, 1.0)) * rng.uniform(0.45, 0.7)  # always visible
+    if not 0 <= level + contrast <= 1:
+        contrast = -contrast
+    background = np.full(3, level)
+    return background, np.clip(background + contrast, 0, 1)
 
 
 def _gradient(colour: np.ndarray, xx: np.ndarray, yy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -88,8 +101,8 @@ def _gradient(colour: np.ndarray, xx: np.ndarray, yy: np.ndarray, rng: np.random
 
 def _frame(xx, yy, rng, variant, *, rotate=True):
     """Coordinates centred on a random point, scaled by a random radius, optionally rotated."""
-    radius = rng.uniform(0.18, 0.32) / (1 + 0.4 * variant)
-    cx, cy = rng.uniform(radius, 1 - radius, 2)
+    radius = rng.uniform(0.3, 0.45) / (1 + 0.4 * variant)
+    cx, cy = 0.5 + rng.uniform(-0.15, 0.15, 2)  # large and near the centre: a 32 px crop keeps it
     u, v = (xx - cx) / radius, (yy - cy) / radius
     if rotate:
         a = rng.uniform(0, 2 * np.pi)
@@ -100,13 +113,6 @@ def _frame(xx, yy, rng, variant, *, rotate=True):
 def _soft(distance: np.ndarray, width: float = 0.08) -> np.ndarray:
     """Anti-aliased inside-ness of a signed distance (negative inside)."""
     return np.clip(0.5 - distance / width, 0, 1)
-
-
-def _region(xx, yy, rng):
-    """A large random rectangle that textures fill, so textures too have position and extent."""
-    w, h = rng.uniform(0.5, 0.85, 2)
-    x0, y0 = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
-    return ((xx >= x0) & (xx < x0 + w) & (yy >= y0) & (yy < y0 + h)).astype(np.float32)
 
 
 def _stripes(coordinate, rng, variant):
@@ -142,28 +148,28 @@ def _cross(xx, yy, rng, variant):
 
 
 def _hstripes(xx, yy, rng, variant):
-    return _region(xx, yy, rng) * _stripes(yy, rng, variant)
+    return _stripes(yy, rng, variant)
 
 
 def _vstripes(xx, yy, rng, variant):
-    return _region(xx, yy, rng) * _stripes(xx, rng, variant)
+    return _stripes(xx, rng, variant)
 
 
 def _diagonal(xx, yy, rng, variant):
-    return _region(xx, yy, rng) * _stripes((xx + yy) / np.sqrt(2), rng, variant)
+    return _stripes((xx + yy) / np.sqrt(2), rng, variant)
 
 
 def _checker(xx, yy, rng, variant):
     cells = rng.uniform(3, 5) * (1 + 0.5 * variant)
     ox, oy = rng.uniform(0, 1, 2)
     board = (np.floor(xx * cells + ox) + np.floor(yy * cells + oy)) % 2
-    return _region(xx, yy, rng) * board.astype(np.float32)
+    return board.astype(np.float32)
 
 
 def _dots(xx, yy, rng, variant):
     cells = rng.uniform(3.5, 5) * (1 + 0.5 * variant)
     fx, fy = (xx * cells + rng.uniform(0, 1)) % 1 - 0.5, (yy * cells + rng.uniform(0, 1)) % 1 - 0.5
-    return _region(xx, yy, rng) * _soft(np.sqrt(fx * fx + fy * fy) - 0.22, width=0.1)
+    return _soft(np.sqrt(fx * fx + fy * fy) - 0.22, width=0.1)
 
 
 _MASKS: dict[str, Callable] = {

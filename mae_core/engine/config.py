@@ -93,6 +93,15 @@ class MonitorConfig:
     knn_k: int = bounded(20, ge=1, le=10**6)
     knn_temperature: float = bounded(0.07, gt=0, le=100)
     knn_max_train_samples: int = bounded(20000, ge=1, le=10**9)
+    # Features for the kNN (and the feature probe): the normed cls token, or the mean of the normed
+    # patch tokens. MAE's loss never trains the cls token; mean pooling shows what the encoder learned.
+    knn_pool: Literal["cls", "avg"] = "cls"
+    # Beside each kNN, a linear probe fitted on the same frozen features (train split -> val):
+    # logistic regression on standardised features, a few hundred L-BFGS iterations (seconds).
+    feature_probe: bool = False
+    # Before the first step, the same measurements on the encoder at its random initialisation
+    # (`knn/top1_random_init`, `probe/top1_random_init`): the baseline that pretraining must beat.
+    baseline_at_init: bool = False
     recon_every_epochs: int | None = bounded(None, ge=1, le=MAX_EPOCHS)  # reconstruction PNG through the sink
     recon_images: int = bounded(8, ge=1, le=1024)
 

@@ -230,9 +230,13 @@ class _Trainer:
 
         if env.is_main:
             self.sink.log_metrics({"config/effective_batch": effective_batch, "config/peak_lr": peak_lr, "config/world_size": env.world_size}, pos.opt_step)
+        initial = task.start_of_training() if pos.opt_step == 0 else dict(task.state.get("random_init", {}))
+        if initial and env.is_main and pos.opt_step == 0:
+            self.sink.log_metrics(initial, 0)
+            self.log("before the first step: " + ", ".join(f"{k} {v:.4g}" for k, v in initial.items()))
         previous_handler = signal.signal(signal.SIGUSR1, self.stop.request) if _in_main_thread() else None
         try:
-            summary_metrics = self._epochs(task, step_model, optimizer, scaler, pos, batches_per_epoch, peak_lr, build_loader)
+            summary_metrics = initial | self._epochs(task, step_model, optimizer, scaler, pos, batches_per_epoch, peak_lr, build_loader)
         finally:
             if previous_handler is not None:
                 signal.signal(signal.SIGUSR1, previous_handler)

@@ -44,6 +44,10 @@ class Task:
     def rng_generators(self) -> dict[str, torch.Generator]:
         return {}
 
+    def start_of_training(self) -> dict[str, float]:
+        """Metrics of the model before its first step (a fresh run, not a resume); every rank."""
+        return {}
+
     def end_of_epoch(self, epoch: int, out_dir: str) -> tuple[dict[str, float], list[str]]:
         """Metrics and image files to log after `epoch` (0-based); called on every rank."""
         return {}, []
@@ -85,14 +89,25 @@ class PretrainTask(Task):
         loss, _, _ = step_model(images, noise=noise.to(self.device))
         return loss
 
+    def start_of_training(self):
+        # The same architecture, same seed, before any step: what pretraining has to beat. Kept
+        # in the task state, so a resumed run still reports it beside its final figures.
+        if not (self.cfg.monitor.knn_every_epochs and self.cfg.monitor.baseline_at_init):
+            return {}
+        baseline = {f"{name}_random_init": value for name, value in self._monitor().items()}
+        self.state["random_init"] = baseline
+        return baseline
+
     def end_of_epoch(self, epoch, out_dir):
         m = self.cfg.monitor
         metrics, images = {}, []
         last = epoch + 1 == self.cfg.train.epochs
         if m.knn_every_epochs and ((epoch + 1) % m.knn_every_epochs == 0 or last):
-            top1 = self._knn(epoch)
-            if top1 is not None:
-                metrics["knn/top1"] = top1
+            metrics.update(self._monitor())
+            baseline = self.state.get("random_init", {})
+            for name in ("knn/top1", "probe/top1"):
+                if name in metrics and f"{name}_random_init" in baseline:
+                    metrics[f"{name}_gain"] = metrics[name] - baseline[f"{name}_random_init"]
         if m.recon_every_epochs and ((epoch + 1) % m.recon_every_epochs == 0 or last) and self.env.is_main:
             images.append(self._reconstructions(epoch, out_dir))
         return metrics, images
@@ -115,25 +130,32 @@ class PretrainTask(Task):
         self.model.eval()
         for images, y in self._eval_loader(split, max_samples):
             keep = y != IGNORE_LABEL  # the loader pads eval batches with ignored labels
-            feats.append(self.model.extract_features(images[keep].to(self.device), pool="cls").float().cpu())
+            feats.append(self.model.extract_features(images[keep].to(self.device), pool=self.cfg.monitor.knn_pool).float().cpu())
             labels.append(y[keep])
         self.model.train(was_training)
         return torch.cat(feats), torch.cat(labels)
 
-    def _knn(self, epoch: int) -> float | None:
-        # Rank 0 evaluates on the whole (bounded) split while the others wait: a monitor, not a benchmark.
-        from .distributed import barrier
+    def _monitor(self) -> dict[str, float]:
+        """kNN top-1 (and the feature probe's) of the encoder as it is now, on held-out val images.
 
-        top1 = None
+        Rank 0 evaluates on the whole (bounded) split while the others wait: a monitor, not a
+        benchmark. The result is broadcast, so every rank returns the same metrics.
+        """
+        from .distributed import barrier, broadcast_object
+
+        metrics = None
         if self.env.is_main:
-            from .knn import knn_top1
+            from .knn import knn_top1, linear_probe_top1
 
             m = self.cfg.monitor
             train_x, train_y = self._features("train", m.knn_max_train_samples)
             val_x, val_y = self._features("val")
-            top1 = knn_top1(train_x, train_y, val_x, val_y, k=m.knn_k, temperature=m.knn_temperature)
+            metrics = {"knn/top1": knn_top1(train_x, train_y, val_x, val_y, k=m.knn_k, temperature=m.knn_temperature)}
+            if m.feature_probe:
+                metrics["probe/top1"] = linear_probe_top1(train_x, train_y, val_x, val_y)
+        metrics = broadcast_object(metrics)
         barrier()
-        return top1
+        return metrics
 
     @torch.no_grad()
     def _reconstructions(self, epoch: int, out_dir: str) -> str:
