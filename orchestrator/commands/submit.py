@@ -13,7 +13,8 @@ def register(subparsers) -> None:
         epilog="example: maectl submit pretrain-vit-b-800ep train.epochs=10 model.mask_ratio=0.9 --dry-run",
     )
     add_target_arguments(parser)
-    parser.add_argument("--backend", choices=["local", "slurm", "ray"], help="default: the experiment's `backend:` (local)")
+    parser.add_argument("--backend", choices=["local", "slurm", "ray"],
+                        help="default: the experiment's `backend:`, else the site file's, else detected (SLURM, Ray, local)")
     parser.add_argument("--dry-run", action="store_true", help="print exactly what would run; submit and record nothing")
     parser.add_argument("--wait", action="store_true", help="stay in the foreground with progress; exit with the job's status")
     parser.set_defaults(handler=run)
@@ -30,6 +31,7 @@ def run(args) -> int:
 
     if args.dry_run:
         prepared = prepare(args.experiment, args.overrides, backend=args.backend, dry_run=True)
+        print(f"# backend: {prepared.resolved.spec.backend} ({prepared.resolved.backend_reason})", file=sys.stderr)
         followups = prepare_followups(prepared, dry_run=True)  # a pipeline's: checked and shown too
         sys.stdout.write(render_dry_run(prepared))
         sys.stdout.write(render_followups(prepared, followups))
@@ -66,8 +68,8 @@ def print_submitted(record, prepared, followups=()) -> None:
     from ._common import console
 
     out = console()
-    out.print(f"[bold green]submitted[/] [bold]{record.handle}[/]  {record.experiment} ({record.source}) on {record.backend}, "
-              f"{prepared.resolved.spec.resources.describe()}")
+    out.print(f"[bold green]submitted[/] [bold]{record.handle}[/]  {record.experiment} ({record.source}) on {record.backend} "
+              f"({prepared.resolved.backend_reason}), {prepared.resolved.spec.resources.describe()}", markup=True)
     for note in prepared.resolved.notes:
         out.print(f"  {note}", markup=False)
     out.print(f"  output   {record.output_dir}", markup=False)
