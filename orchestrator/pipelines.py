@@ -18,6 +18,12 @@ follow-up starts, since it does not exist at submission), and when it finishes i
 `eval/top1` (and top5, best) are logged on the pretraining run as `<follow-up>/eval/top1`:
 one row per pretraining with its downstream accuracies (orchestrator/tracking.py).
 
+Site settings (SITE_KEYS: resources, the SLURM job folder and setup, the Ray cluster, tracking)
+carry over from the submission: a follow-up runs where its pretraining runs. A site key given on
+the submission's command line (or by a sweep) applies to every follow-up unless the follow-up's
+own `overrides:` set it; a site key that the pretraining's files set applies unless the
+follow-up's files (or overrides) set it too.
+
 Every follow-up is resolved and checked, with the pretraining, before anything is submitted;
 one that cannot work (no such file, a model whose encoder does not match the pretraining's, a
 backend that cannot chain jobs) stops the submission with exit 2.
@@ -25,11 +31,13 @@ backend that cannot chain jobs) stops the submission with exit 2.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from .backends import JobState
 from .errors import UsageError
-from .experiments import ResolvedExperiment
+from .experiments import COMMAND_LINE, FollowUpConfig, ResolvedExperiment, load_tree, locate
 from .jobspec import PipelineLink
 from .store import JobRecord, JobStore
 from .submission import Prepared, launch, prepare, record_not_run
@@ -37,6 +45,41 @@ from .submission import Prepared, launch, prepare, record_not_run
 FINAL_CHECKPOINT = "final/mae.pt"  # what the engine writes at the end of a pretraining (mae_core/engine/loop.py)
 # The encoder's shape: what a follow-up's model must share with the pretraining to load its weights.
 _ENCODER_FIELDS = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio")
+
+
+def _site_keys() -> tuple[str, ...]:
+    from .resources import Resources
+
+    return (*(f"resources.{f.name}" for f in dataclasses.fields(Resources)), "slurm.job_folder", "slurm.setup", "slurm.srun_args",
+            "ray.address", "ray.storage_path", "ray.autoscaling", "tracking.enabled", "tracking.uri")
+
+
+SITE_KEYS = _site_keys()
+
+
+def _value(tree: dict, key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
+
+
+def site_settings(pretrain: ResolvedExperiment, stage: FollowUpConfig) -> dict[str, Any]:
+    """The submission's site settings that the follow-up `stage` inherits (dotted key -> value)."""
+    tree = pretrain.locator.tree  # the pretraining's merged files + overrides, with who set each key
+    own = load_tree(locate(stage.experiment)[1])  # the follow-up's files alone
+    own_overrides = {item.split("=", 1)[0].strip() for item in stage.overrides}
+    resolved = pretrain.resolved_tree()
+    inherited = {}
+    for key in SITE_KEYS:
+        parts = tuple(key.split("."))
+        origin = tree.origins.get(parts)
+        if origin is None or key in own_overrides:
+            continue  # a default, or the follow-up's own override
+        submitted = origin.startswith(COMMAND_LINE) or origin in tree.generated
+        if not submitted and parts in own.origins:
+            continue  # both files set it: the follow-up's file knows what it needs
+        inherited[key] = _value(resolved, key)
+    return inherited
 
 
 @dataclass
@@ -77,8 +120,9 @@ def prepare_followups(pretrain: Prepared, *, dry_run: bool = False, store: JobSt
     followups = []
     for index, stage in enumerate(pipeline.then):
         try:
+            stage_injected = {**site_settings(resolved, stage), **injected}
             prepared = prepare(stage.experiment, stage.overrides, backend=resolved.spec.backend, dry_run=dry_run, store=store,
-                               injected=injected, injected_by=f"the pipeline of {resolved.source_display}", reserved=reserved,
+                               injected=stage_injected, injected_by=f"the pipeline of {resolved.source_display}", reserved=reserved,
                                precheck=lambda item: _check_followup(resolved, item, pretrain))
         except UsageError as err:
             raise UsageError(f"{resolved.source_display}: pipeline.then[{index}] ({stage.experiment}): {err}") from None
@@ -149,4 +193,4 @@ def submit(target: str, overrides: list[str], *, backend: str | None = None, say
     return record, prepared, launch_followups(record, prepared, followups, store, say)
 
 
-__all__ = ["FINAL_CHECKPOINT", "FollowUp", "final_checkpoint", "launch_followups", "prepare_followups", "render_followups", "submit"]
+__all__ = ["FINAL_CHECKPOINT", "SITE_KEYS", "FollowUp", "final_checkpoint", "launch_followups", "prepare_followups", "render_followups", "site_settings", "submit"]

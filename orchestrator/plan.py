@@ -17,6 +17,7 @@ redacts secrets, and the caller replaces machine paths by placeholders (submissi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -134,7 +135,8 @@ def render_many(plans: list[LaunchPlan], *, contents: bool = True) -> str:
     if not grouped:
         return "".join(f"# === {i + 1}/{n}: {p.label or p.handle} ===\n{render(p, contents=contents)}" for i, p in enumerate(plans))
     first = plans[0]
-    head = render(first, contents=False, env=False)
+    shared = dataclasses.replace(first, native={k: v for k, v in first.native.items() if k != "array"}, log=None)
+    head = render(shared, contents=False, env=False)
     head = "\n".join(line for line in head.splitlines() if not line.startswith(FILE_MARKER)) + "\n"
     parts = [head]
     for i, plan in enumerate(plans):

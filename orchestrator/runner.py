@@ -21,6 +21,7 @@ from mae_core.exitcodes import ExitCode
 from .jobspec import JobSpec, JobSpecError
 from .redact import scrub_text
 
+
 class JobTerminated(BaseException):
     """SIGTERM arrived. A BaseException so that no `except Exception` in a library swallows it."""
 
@@ -45,9 +46,9 @@ def run_job(job: JobSpec | dict, stop=None) -> int:
 
     `stop` (a mae_core StopFlag): a launcher that learns of a coming preemption (SLURM's warning
     signal) sets it; the engine then checkpoints at the next step and the job exits with 3."""
+    from mae_core.data import DataError
     from mae_core.engine import JsonlSink, NonFiniteLoss, Preempted, RunConfig, load_run_config, train
     from mae_core.engine.checkpointing import CheckpointError
-    from mae_core.data import DataError
     from mae_core.engine.distributed import env_from_environ
     from mae_core.structured import ConfigError
 

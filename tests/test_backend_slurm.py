@@ -23,7 +23,8 @@ import yaml
 
 from mae_core.exitcodes import ExitCode
 from orchestrator import checks
-from orchestrator.backends.slurm import SlurmBackend, SlurmTask, backend as slurm_backend, cluster, map_state, parse_sinfo
+from orchestrator.backends.slurm import SlurmBackend, SlurmTask, cluster, map_state, parse_sinfo
+from orchestrator.backends.slurm import backend as slurm_backend
 from orchestrator.backends.slurm import task as slurm_task
 from orchestrator.backends.states import JobState
 from orchestrator.cli import main

@@ -22,7 +22,8 @@ from orchestrator.backends import JobState
 from orchestrator.errors import UsageError
 from orchestrator.locations import PROJECT_ROOT
 from orchestrator.store import JobStore
-from tests.test_orchestrator_cli import GOLDEN, assert_no_secrets, clean_env, jobs_recorded, maectl
+from tests.fixtures.plans import check_golden, plan_part, rendered_specs
+from tests.test_orchestrator_cli import assert_no_secrets, clean_env, jobs_recorded, maectl
 
 COMMON = """\
 resources: {{nodes: 1, gpus_per_node: 0, tasks_per_node: 1, cpus_per_task: 1, time_limit_min: 10}}
@@ -94,7 +95,7 @@ def test_followups_are_prepared_with_the_final_checkpoint_and_the_pretrainings_e
     resolved = followup.prepared.resolved
     assert resolved.run.checkpoint.init_from == f"{pretrain.resolved.run.output_dir}/final/mae.pt"
     assert resolved.run.train.epochs == 2 and resolved.spec.backend == "local"
-    assert followup.prepared.request.spec["tracking"]["experiment"] == "tiny-pretrain"  # the pretraining's MLflow experiment
+    assert followup.prepared.request.spec.tracking.experiment == "tiny-pretrain"  # the pretraining's MLflow experiment
     assert [d.handle for d in followup.prepared.request.depends_on] == [placeholder_dependency(pretrain).handle]
 
 
@@ -128,21 +129,23 @@ def test_a_backend_without_dependencies_refuses_pipelines(isolated, demo_shards,
         prepare_followups(prepare(pretrain_file, [], dry_run=True), dry_run=True)
 
 
-PIPELINE_GOLDEN = ["submit", "pretrain-vit-tiny-demo", "pipeline.then=[linprobe-vit-tiny-demo]", "--dry-run"]
+PIPELINE_GOLDEN = ["submit", "pretrain-vit-tiny-demo", "pipeline.then=[linprobe-vit-tiny-demo]", "--backend", "local", "--dry-run"]
 
 
 def test_dry_run_matches_golden_and_submits_nothing(tmp_path):
     result = maectl(PIPELINE_GOLDEN, clean_env(tmp_path))
     assert result.returncode == 0, result.stderr
     assert_no_secrets(result.stdout + result.stderr)
-    golden = GOLDEN / "pipeline_dry_run_local.txt"
-    if os.environ.get("MAECTL_UPDATE_GOLDEN"):
-        golden.write_text(result.stdout)
-    assert result.stdout == golden.read_text(), f"rendering changed; if intended: MAECTL_UPDATE_GOLDEN=1 pytest {__file__}"
+    check_golden("pipeline_dry_run_local.txt", plan_part(result.stdout))
     text = result.stdout
     assert "# === then[0]: linprobe-vit-tiny-demo, after <handle> completes OK, from <output_root>/pretrain-vit-tiny-demo/<handle>/final/mae.pt" in text
     assert "-m orchestrator.backends.local after --marker" in text
-    assert "init_from: <output_root>/pretrain-vit-tiny-demo/<handle>/final/mae.pt" in text
+    pretrain, linprobe = rendered_specs(text)
+    assert linprobe["resolved"]["checkpoint"]["init_from"] == "<output_root>/pretrain-vit-tiny-demo/<handle>/final/mae.pt"
+    assert linprobe["pipeline"] == {"after": "<handle>", "after_output_dir": "<output_root>/pretrain-vit-tiny-demo/<handle>",
+                                    "stage": "linprobe-vit-tiny-demo"}
+    assert linprobe["tracking"]["experiment"] == pretrain["tracking"]["experiment"] == "pretrain-vit-tiny-demo"
+    assert "pipeline" not in pretrain and linprobe["resolved"]["task"] == "linprobe"
     assert jobs_recorded(tmp_path) == 0 and not (tmp_path / "home").exists() and not (tmp_path / "out").exists()
 
 
@@ -163,13 +166,13 @@ def test_waiter_runs_the_job_after_its_dependency_completed(tmp_path):
     assert not (tmp_path / "waiting").exists()
 
 
-@pytest.mark.parametrize("returncode, meaning", [(1, "exit code 1"), (-15, "terminated (SIGTERM)"), (None, "exit code -9")])
+@pytest.mark.parametrize("returncode, meaning", [(1, "failed (an application error)"), (-15, "terminated (SIGTERM)"), (None, "killed by SIGKILL")])
 def test_waiter_never_runs_the_job_after_a_failed_dependency(tmp_path, returncode, meaning):
-    from orchestrator.backends.base import EXIT_DEPENDENCY_FAILED
+    from mae_core.exitcodes import ExitCode
 
     # None: no exit file and the recorded pid/start time is not a live process (a vanished supervisor).
     failed = _waiter(tmp_path, returncode, pid="999999999", ticks="1")
-    assert failed.returncode == EXIT_DEPENDENCY_FAILED and "the follow-up ran" not in failed.stdout
+    assert failed.returncode == ExitCode.DEPENDENCY_FAILED and "the follow-up ran" not in failed.stdout
     assert f"not run: local-dep001 did not complete ({meaning})" in failed.stdout
 
 
@@ -309,3 +312,48 @@ def test_slurm_followup_of_a_failed_job_is_cancelled_by_slurm(tmp_path, demo_sha
         time.sleep(1)
     assert record.state is JobState.CANCELLED, (record.state, record.message)
     assert not Path(record.output_dir, "mlflow_run_id").exists()  # never ran
+
+
+# -- site settings carry over to the follow-ups ----------------------------------------------------
+def test_a_followup_inherits_the_submissions_site_settings(tmp_path):
+    """Rendered for SLURM: each site key given to `maectl submit` reaches the follow-up's plan
+    (its sbatch script or its job spec); the follow-up's own file still wins over the pretraining's file."""
+    site = ["resources.cpus_per_task=1", "resources.partition=site-part", "resources.account=site-acct", "resources.mem_gb=3",
+            "slurm.job_folder=/shared/site-jobs", "ray.address=http://10.1.2.3:8265", "tracking.uri=http://127.0.0.1:5999",
+            "resources.time_limit_min=45"]
+    result = maectl(["submit", "pretrain-vit-tiny-demo", "pipeline.then=[linprobe-vit-tiny-demo]", *site, "--backend", "slurm", "--dry-run"],
+                    clean_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    pretrain_text, followup_text = result.stdout.split("# === then[0]: ")
+    pretrain, followup = rendered_specs(result.stdout)
+    for text in (pretrain_text, followup_text):
+        for line in ("#SBATCH --cpus-per-task=1", "#SBATCH --partition=site-part", "#SBATCH --account=site-acct", "#SBATCH --mem=3GB",
+                     "#SBATCH --time=45"):
+            assert line in text.splitlines(), (line, text)
+    assert "# --- file /shared/site-jobs/<handle>/job.yaml ---" in followup_text
+    for spec in (pretrain, followup):
+        resolved = spec["resolved"]
+        assert resolved["resources"]["cpus_per_task"] == 1 and resolved["resources"]["partition"] == "site-part"
+        assert resolved["resources"]["account"] == "site-acct" and resolved["resources"]["mem_gb"] == 3.0
+        assert resolved["slurm"]["job_folder"] == "/shared/site-jobs" and resolved["ray"]["address"] == "http://10.1.2.3:8265"
+        assert spec["tracking"]["uri"] == "http://127.0.0.1:5999" and resolved["tracking"]["uri"] == "http://127.0.0.1:5999"
+    assert followup["resolved"]["task"] == "linprobe"
+    assert "resources.partition=site-part" in followup["overrides"]  # shown as set by the pipeline
+
+
+def test_site_settings_of_the_pretrainings_file_yield_to_the_followups_file(isolated, demo_shards):
+    from orchestrator.pipelines import prepare_followups, site_settings
+    from orchestrator.submission import prepare
+
+    pretrain_file, linprobe_file = write_pipeline(isolated, demo_shards, then=str(isolated / "tiny-linprobe.yaml"))
+    Path(pretrain_file).write_text(Path(pretrain_file).read_text() + "slurm: {job_folder: /shared/from-pretrain-file}\n")
+    Path(linprobe_file).write_text(Path(linprobe_file).read_text().replace("time_limit_min: 10", "time_limit_min: 20"))
+    pretrain = prepare(pretrain_file, ["resources.cpus_per_task=2"], dry_run=True)
+    inherited = site_settings(pretrain.resolved, pretrain.resolved.pipeline.then[0])
+    # From the pretraining's file, not set by the follow-up's: inherited. Set by both files: the follow-up's.
+    assert inherited["slurm.job_folder"] == "/shared/from-pretrain-file" and "resources.time_limit_min" not in inherited
+    assert inherited["resources.cpus_per_task"] == 2  # the command line's
+    [followup] = prepare_followups(pretrain, dry_run=True)
+    spec = followup.prepared.resolved.spec
+    assert spec.slurm.job_folder == "/shared/from-pretrain-file" and spec.resources.time_limit_min == 20
+    assert spec.resources.cpus_per_task == 2

@@ -5,7 +5,6 @@ per point with the point's params."""
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import textwrap
@@ -17,7 +16,8 @@ import pytest
 
 from orchestrator.errors import UsageError
 from orchestrator.sweeps import grid, merge_axes, parse_arguments, plan, split_values
-from tests.test_orchestrator_cli import GOLDEN, assert_no_secrets, clean_env, jobs_recorded, maectl
+from tests.fixtures.plans import check_golden, plan_part, rendered_specs
+from tests.test_orchestrator_cli import assert_no_secrets, clean_env, jobs_recorded, maectl
 
 
 @pytest.fixture
@@ -93,8 +93,8 @@ def test_plan_from_block_and_command_line(isolated, demo_shards):
         assert run.train.epochs == 2
         assert point.prepared.resolved.overrides[-2:] == [f"model.mask_ratio={point.values['model.mask_ratio']}",
                                                           f"model.decoder_depth={point.values['model.decoder_depth']}"]
-        info = point.prepared.request.spec["sweep"]
-        assert info["points"] == 4 and info["index"] == point.index and info["values"] == point.values
+        info = point.prepared.request.spec.sweep
+        assert info.points == 4 and info.index == point.index and info.values == point.values and info.id == "<sweep>"
 
 
 def test_real_plan_gives_each_point_its_own_handle_and_output(isolated, demo_shards):
@@ -167,19 +167,20 @@ def test_shipped_table1_sweeps_expand_like_the_ablation_files(isolated):
 
 
 # -- the dry-run ---------------------------------------------------------------------------------
-SWEEP_GOLDEN = ["sweep", "pretrain-vit-tiny-demo", "model.mask_ratio=0.5,0.9", "train.epochs=2", "--dry-run"]
+SWEEP_GOLDEN = ["sweep", "pretrain-vit-tiny-demo", "model.mask_ratio=0.5,0.9", "train.epochs=2", "--dry-run"]  # + --backend local/slurm
 
 
 def test_dry_run_matches_golden_and_submits_nothing(tmp_path):
-    result = maectl(SWEEP_GOLDEN, clean_env(tmp_path))
+    result = maectl([*SWEEP_GOLDEN, "--backend", "local"], clean_env(tmp_path))
     assert result.returncode == 0, result.stderr
     assert_no_secrets(result.stdout + result.stderr)
-    golden = GOLDEN / "sweep_dry_run_local.txt"
-    if os.environ.get("MAECTL_UPDATE_GOLDEN"):
-        golden.write_text(result.stdout)
-    assert result.stdout == golden.read_text(), f"rendering changed; if intended: MAECTL_UPDATE_GOLDEN=1 pytest {__file__}"
+    check_golden("sweep_dry_run_local.txt", plan_part(result.stdout))
     assert str(tmp_path) not in result.stdout
-    assert result.stdout.count("# === ") == 2 and "mask_ratio: 0.5" in result.stdout and "mask_ratio: 0.9" in result.stdout
+    assert result.stdout.count("# === ") == 2
+    specs = rendered_specs(result.stdout)
+    assert [s["resolved"]["model"]["mask_ratio"] for s in specs] == [0.5, 0.9]
+    assert [s["sweep"]["index"] for s in specs] == [0, 1] and all(s["sweep"]["id"] == "<sweep>" and s["sweep"]["points"] == 2 for s in specs)
+    assert all(s["resolved"]["train"]["epochs"] == 2 for s in specs)
     assert jobs_recorded(tmp_path) == 0 and not (tmp_path / "home").exists() and not (tmp_path / "out").exists()
 
 
@@ -273,16 +274,13 @@ def test_slurm_dry_run_is_one_array_script_matching_golden(tmp_path):
     result = maectl([*SWEEP_GOLDEN, "--backend", "slurm"], clean_env(tmp_path))
     assert result.returncode == 0, result.stderr
     assert_no_secrets(result.stdout + result.stderr)
-    golden = GOLDEN / "sweep_dry_run_slurm.txt"
-    if os.environ.get("MAECTL_UPDATE_GOLDEN"):
-        golden.write_text(result.stdout)
-    assert result.stdout == golden.read_text(), f"rendering changed; if intended: MAECTL_UPDATE_GOLDEN=1 pytest {__file__}"
+    check_golden("sweep_dry_run_slurm.txt", plan_part(result.stdout))
     assert str(tmp_path) not in result.stdout
     assert result.stdout.count("#!/bin/bash") == 1 and result.stdout.count("#SBATCH --array=0-1%2") == 1
     assert "#SBATCH --output='<output_root>/pretrain-vit-tiny-demo/<sweep>/slurm/%A_%a_0_log.out'" in result.stdout
     assert "#SBATCH --job-name='pretrain-vit-tiny-demo.<sweep>'" in result.stdout
-    assert result.stdout.count("# --- <output_root>/pretrain-vit-tiny-demo/<sweep>/slurm/<handle>/job.yaml ---") == 2
-    assert "mask_ratio: 0.5" in result.stdout and "mask_ratio: 0.9" in result.stdout
+    assert result.stdout.count("# --- file <output_root>/pretrain-vit-tiny-demo/<sweep>/slurm/<handle>/job.yaml ---") == 2
+    assert [s["resolved"]["model"]["mask_ratio"] for s in rendered_specs(result.stdout)] == [0.5, 0.9]
     assert jobs_recorded(tmp_path) == 0 and not (tmp_path / "home").exists() and not (tmp_path / "out").exists()
 
 

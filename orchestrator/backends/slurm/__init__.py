@@ -7,9 +7,9 @@
                 sbatch script it renders), launch, status, logs, cancel
 """
 
-from .backend import SlurmBackend, executor_parameters, job_folder, task_environment
+from .backend import SlurmBackend, array_folder, array_plan, executor_parameters, job_folder, task_environment
 from .cluster import map_state, native_status, parse_sinfo, query_partitions
 from .task import SlurmTask, distributed_env, master_port
 
-__all__ = ["SlurmBackend", "SlurmTask", "distributed_env", "executor_parameters", "job_folder", "map_state", "master_port", "native_status",
+__all__ = ["SlurmBackend", "SlurmTask", "array_folder", "array_plan", "distributed_env", "executor_parameters", "job_folder", "map_state", "master_port", "native_status",
            "parse_sinfo", "query_partitions", "task_environment"]
