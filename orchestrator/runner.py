@@ -73,7 +73,8 @@ def run_job(job: JobSpec | dict, stop=None) -> int:
             from .tracking import open_run
 
             tracker = open_run(spec, cfg.output_dir)
-            _say(f"MLflow: experiment {spec['tracking']['experiment']!r}, run {tracker.run_id} at {spec['tracking']['uri']}")
+            run = tracker.run_id or "(pending: the server does not answer yet; training goes on, metrics wait)"
+            _say(f"MLflow: experiment {spec['tracking']['experiment']!r}, run {run} at {spec['tracking']['uri']}")
     sinks = [s for s in (tracker, jsonl) if s is not None]
     sink = _Fanout(sinks) if sinks else None
 
