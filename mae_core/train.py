@@ -3,8 +3,8 @@
     python -m mae_core.train CONFIG.yaml [key.path=value ...]
     torchrun --nproc-per-node 2 -m mae_core.train CONFIG.yaml train.epochs=2
 
-Metrics go to <output_dir>/metrics.jsonl (rank 0). Exit codes: 0 done, 2 bad config or
-input, 3 stopped on request after a checkpoint, 4 non-finite loss.
+Metrics go to <output_dir>/metrics.jsonl (rank 0). Exit codes (mae_core.exitcodes.ExitCode):
+0 done, 2 bad config or input, 3 stopped on request after a checkpoint, 4 non-finite loss.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import argparse
 import sys
 
 import yaml
+
+from .exitcodes import ExitCode
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config_file(args.config, args.overrides)
     except (ConfigError, ValueError, OSError) as err:
         print(f"error: {args.config}: {err}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     sink = None
     if env_from_environ().is_main:
         import fsspec
@@ -68,16 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         summary = train(cfg, sink)
     except Preempted as err:
         print(f"stopped: {err}", file=sys.stderr)
-        return 3
+        return ExitCode.PREEMPTED
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
-        return 4
+        return ExitCode.NON_FINITE_LOSS
     finally:
         if sink is not None:
             sink.close()
     if env_from_environ().is_main:
         print(f"done: {summary.epochs_completed} epochs, {summary.final_step} steps; checkpoint {summary.last_checkpoint}")
-    return 0
+    return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -6,19 +6,23 @@ from __future__ import annotations
 import re
 import sys
 
+from mae_core.exitcodes import ExitCode
+
 from .backends import JobState, get_backend
+from .backends.states import exit_status
 from .store import JobRecord, open_store
 
 _STEP = re.compile(r"step (\d+)/(\d+)")
-_EXIT_CODES = {JobState.COMPLETED: 0, JobState.CANCELLED: 130}
 
 
 def follow(record: JobRecord) -> int:
-    """Stream the job's output until it ends; Ctrl-C cancels it. Returns 0 when it completed."""
+    """Stream the job's output until it ends; Ctrl-C cancels it. Returns 0 when it completed,
+    130 (INTERRUPTED) after a Ctrl-C, else the job's exit status (backends.states.exit_status)."""
     from .submission import refresh
 
     store = open_store()
     backend = get_backend(record.backend)
+    interrupted = False
     try:
         if sys.stdout.isatty():
             _follow_with_bar(backend, record)
@@ -27,6 +31,7 @@ def follow(record: JobRecord) -> int:
                 sys.stdout.write(line)
                 sys.stdout.flush()
     except KeyboardInterrupt:
+        interrupted = True
         print(f"\ninterrupted: cancelling {record.handle} ...", file=sys.stderr, flush=True)
         store.update(record.handle, cancel_requested=True)
         backend.cancel(store.get(record.handle))
@@ -36,7 +41,9 @@ def follow(record: JobRecord) -> int:
 
     detail = f" ({final.message})" if final.message and final.state != JobState.COMPLETED else ""
     console(stderr=True).print(f"job {final.handle}: [{style}]{final.state.value}[/]{detail}")
-    return _EXIT_CODES.get(final.state, final.exit_code or 1)
+    if interrupted and final.state == JobState.CANCELLED:
+        return ExitCode.INTERRUPTED
+    return exit_status(final.state, final.exit_code)
 
 
 def _follow_with_bar(backend, record: JobRecord) -> None:

@@ -75,9 +75,9 @@ def _end_tracking(spec: JobSpec, status: str) -> None:
     if not spec.tracking.enabled:
         return
     try:
-        from .tracking import end_run_if_running
+        from .tracking import end_job_run
 
-        end_run_if_running(spec.to_dict(), spec.output_dir, status)
+        end_job_run(spec.to_dict(), status)
     except Exception as err:  # noqa: BLE001 — the job's own outcome matters more than this
         _say(f"could not mark the MLflow run {status}: {err}")
 

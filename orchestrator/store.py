@@ -93,6 +93,12 @@ class JobRecord:
     sweep_id: str | None = None  # the sweep this job is a point of (or a follow-up of a point of)
     after: str | None = None  # pipelines: the job whose final checkpoint this one starts from
 
+    def to_json(self) -> dict:
+        """The record as `maectl status --json` shows it (credentials were redacted when it was stored)."""
+        out = {name: getattr(self, name) for name in _COLUMNS}
+        out["state"] = self.state.value
+        return out
+
 
 @dataclass
 class SweepRecord:

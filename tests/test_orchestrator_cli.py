@@ -146,3 +146,54 @@ def test_job_commands_do_not_load_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, env=clean_env(tmp_path), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def _store_with_jobs(tmp_path):
+    from orchestrator.backends import JobState
+    from orchestrator.store import JobRecord, JobStore, SweepRecord
+
+    store = JobStore(tmp_path / "home" / "jobs.db")
+    states = {"local-ok0001": (JobState.COMPLETED, 0), "local-bad001": (JobState.FAILED, 4), "local-can001": (JobState.CANCELLED, 143),
+              "local-not001": (JobState.CANCELLED, 6)}
+    for handle, (state, code) in states.items():
+        store.add(JobRecord(handle=handle, experiment="exp", source="jobs/exp.yaml", backend="local", state=state, exit_code=code,
+                            output_dir=str(tmp_path / "out" / handle), job_dir=str(tmp_path / "home" / "jobs" / handle),
+                            sweep_id="sweep-abc123" if handle in ("local-ok0001", "local-bad001") else None,
+                            after="local-ok0001" if handle == "local-not001" else None))
+    store.add_sweep(SweepRecord(sweep_id="sweep-abc123", experiment="exp", source="jobs/exp.yaml", backend="local",
+                                axes=[["model.mask_ratio", [0.5, 0.9]]],
+                                points=[{"handle": "local-ok0001", "values": {"model.mask_ratio": 0.5}},
+                                        {"handle": "local-bad001", "values": {"model.mask_ratio": 0.9}}]))
+    return store
+
+
+@pytest.mark.parametrize("handle, code", [("local-ok0001", 0), ("local-bad001", 4), ("local-can001", 143), ("local-not001", 6)])
+def test_status_exit_code_and_json_of_a_job(tmp_path, handle, code):
+    import json
+
+    _store_with_jobs(tmp_path)
+    env = clean_env(tmp_path)
+    shown = maectl(["status", handle], env)
+    assert shown.returncode == code, shown.stdout + shown.stderr
+    result = maectl(["status", handle, "--json"], env)
+    assert result.returncode == code, result.stderr
+    job = json.loads(result.stdout)
+    assert job["handle"] == handle and job["status_exit_code"] == code and job["backend"] == "local"
+    assert job["state"] in ("completed", "failed", "cancelled") and isinstance(job["metrics"], dict)
+    if handle == "local-ok0001":
+        assert [f["handle"] for f in job["followups"]] == ["local-not001"]
+
+
+def test_status_json_of_a_sweep_and_cancel_by_sweep_id(tmp_path):
+    import json
+
+    _store_with_jobs(tmp_path)
+    env = clean_env(tmp_path)
+    result = maectl(["status", "sweep-abc", "--json"], env)
+    assert result.returncode == 4, result.stderr  # a point failed with exit code 4
+    sweep = json.loads(result.stdout)
+    assert sweep["sweep_id"] == "sweep-abc123" and sweep["states"] == {"completed": 1, "failed": 1}
+    assert [(p["index"], p["values"]["model.mask_ratio"], p["job"]["handle"], p["job"]["state"]) for p in sweep["points"]] == [
+        (0, 0.5, "local-ok0001", "completed"), (1, 0.9, "local-bad001", "failed")]
+    cancelled = maectl(["cancel", "sweep-abc123"], env)
+    assert cancelled.returncode == 0 and "sweep sweep-abc123: 0 of 2 job(s) still going" in cancelled.stdout, cancelled.stdout + cancelled.stderr

@@ -307,3 +307,30 @@ def test_slurm_points_with_different_allocations_are_separate_jobs(isolated, dem
 
     text = render_dry_run(sweep)
     assert text.count("#!/bin/bash") == 2 and "--array" not in text
+
+
+@pytest.mark.slow
+def test_cancel_takes_a_sweep_id(tmp_path, demo_shards):
+    """`maectl cancel SWEEP` stops every point still going (here: two running local jobs)."""
+    from orchestrator.backends import JobState
+    from orchestrator.store import JobStore
+
+    env = clean_env(tmp_path)
+    job = tiny_sweep(tmp_path, demo_shards, steps=100_000)
+    result = maectl(["sweep", job, "model.mask_ratio=0.5,0.9", "--backend", "local"], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    sweep_id = re.search(r"submitted sweep (sweep-[0-9a-f]{6})", result.stdout)[1]
+    store = JobStore(tmp_path / "home" / "jobs.db")
+    jobs = store.jobs_where(sweep_id=sweep_id)
+    assert len(jobs) == 2
+    deadline = time.monotonic() + 120
+    for record in jobs:  # both training
+        log = Path(record.log_path)
+        while "step" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.3)
+    cancelled = maectl(["cancel", sweep_id], env)
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert f"sweep {sweep_id}: 2 of 2 job(s) still going" in cancelled.stdout
+    assert all(store.get(j.handle).state is JobState.CANCELLED for j in jobs)
+    status = maectl(["status", sweep_id, "--json"], env)
+    assert status.returncode == 143 and '"cancelled": 2' in status.stdout

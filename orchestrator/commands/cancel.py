@@ -63,9 +63,8 @@ def _end_tracking(job) -> None:
     if not Path(spec_path).exists():
         return  # never launched
     try:
-        from ..tracking import end_run_if_running
+        from ..tracking import cancel_job_run
 
-        spec = JobSpec.load(spec_path)
-        end_run_if_running(spec.to_dict(), spec.output_dir, "KILLED", replace=("RUNNING", "FAILED"))
+        cancel_job_run(JobSpec.load(spec_path).to_dict())
     except Exception as err:  # noqa: BLE001 — the job is cancelled either way
         print(f"maectl: could not mark the MLflow run KILLED: {scrub_text(str(err))[:300]}", file=sys.stderr)

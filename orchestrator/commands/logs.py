@@ -16,6 +16,8 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from collections import deque
 
+    from mae_core.exitcodes import ExitCode
+
     from ..backends import get_backend
     from ..store import open_store
     from ..submission import find_job, refresh
@@ -33,7 +35,7 @@ def run(args) -> int:
             sys.stdout.write(line)
             sys.stdout.flush()
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:  # `maectl logs JOB | head`
         return 0
     return 0

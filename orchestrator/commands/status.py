@@ -1,30 +1,47 @@
 """`maectl status JOB`: one job in detail — state, where its things are, its latest metrics.
-`maectl status SWEEP`: a sweep's points, one line each, with their follow-ups' accuracies."""
+`maectl status SWEEP`: a sweep's points, one line each, with their follow-ups' accuracies.
+
+Exit status (also with --json): 0 while a job is pending or running and when it completed; a
+failed job's own exit code (1 if it has none); 143 for a cancelled job, 6 for one never run
+because a job it follows did not complete (backends.states.exit_status). For a sweep: the
+first non-zero status of its jobs, in grid order.
+"""
 
 from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("status", help="show one job's state, locations and latest metrics (or a sweep's points)")
+    parser = subparsers.add_parser(
+        "status", help="show one job's state, locations and latest metrics (or a sweep's points)",
+        description="Show a job's or a sweep's state. Exits 0 for a completed or running job, non-zero for a failed (its exit "
+                    "code, else 1) or cancelled (143; 6: never ran) one.")
     parser.add_argument("job", help="job handle or sweep id (a unique prefix will do)")
+    parser.add_argument("--json", action="store_true", help="print the job (or the sweep and its jobs) as JSON, for scripts")
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from rich.table import Table
 
+    from ..backends.states import exit_status
     from ..store import open_store
     from ..submission import find_job, mlflow_ui_hint, refresh
+    from ..sweeps import find_sweep
     from ._common import ago, console, duration, latest_values, read_metrics, read_run_id
 
     store = open_store()
-    from ..sweeps import find_sweep
-
     sweep = find_sweep(store, args.job)
     if sweep is not None:
-        console().print(_sweep_table(sweep, store))
-        return 0
+        jobs = _sweep_jobs(sweep, store)
+        if args.json:
+            _print_json(_sweep_json(sweep, jobs, store))
+        else:
+            console().print(_sweep_table(sweep, jobs, store))
+        return next((code for code in (exit_status(j.state, j.exit_code) for j in jobs.values()) if code), 0)
     job = refresh(find_job(store, args.job), store)
+    if args.json:
+        _print_json(_job_json(job, store))
+        return exit_status(job.state, job.exit_code)
     table = Table(show_header=False, title=f"job {job.handle}", title_justify="left")
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -58,7 +75,55 @@ def run(args) -> int:
             step, value = latest[key]
             table.add_row(key, f"{value:.4g} (step {step})")
     console().print(table)
-    return 0
+    return exit_status(job.state, job.exit_code)
+
+
+def _print_json(tree) -> None:
+    import json
+    import sys
+
+    from ..redact import scrub_tree
+
+    json.dump(scrub_tree(tree), sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _job_json(job, store, *, followups: bool = True) -> dict:
+    """A job's record, its MLflow run id, latest metrics and (with `followups`) its follow-ups'."""
+    from ..backends.states import exit_status
+    from ..submission import refresh
+    from ._common import latest_values, read_metrics, read_run_id
+
+    out = job.to_json()
+    out["status_exit_code"] = exit_status(job.state, job.exit_code)
+    out["mlflow_run_id"] = read_run_id(job.output_dir) if job.tracking_uri else None
+    out["metrics"] = {key: {"step": step, "value": value} for key, (step, value) in latest_values(read_metrics(job.output_dir)).items()}
+    if followups:
+        out["followups"] = [_job_json(refresh(f, store), store, followups=False) for f in store.jobs_where(after=job.handle)]
+    return out
+
+
+def _sweep_jobs(sweep, store) -> dict:
+    from ..submission import refresh
+    from ..sweeps import close_parent_if_ended
+
+    jobs = {j.handle: refresh(j, store) for j in store.jobs_where(sweep_id=sweep.sweep_id)}
+    close_parent_if_ended(sweep, list(jobs.values()), store)
+    return jobs
+
+
+def _sweep_json(sweep, jobs: dict, store) -> dict:
+    from collections import Counter
+
+    sweep = store.get_sweep(sweep.sweep_id) or sweep
+    points = []
+    for i, point in enumerate(sweep.points):
+        job = jobs.get(point["handle"])
+        points.append({"index": i, "values": point["values"], "job": _job_json(job, store) if job else None})
+    return {"sweep_id": sweep.sweep_id, "experiment": sweep.experiment, "source": sweep.source, "backend": sweep.backend,
+            "axes": sweep.axes, "overrides": sweep.overrides, "tracking_uri": sweep.tracking_uri,
+            "tracking_experiment": sweep.tracking_experiment, "parent_run_id": sweep.parent_run_id, "created_at": sweep.created_at,
+            "closed_at": sweep.closed_at, "states": dict(Counter(j.state.value for j in jobs.values())), "points": points}
 
 
 def _label(values: dict) -> str:
@@ -78,16 +143,14 @@ def _top1(job) -> str:
 _POINT_METRICS = (("loss", ("epoch/loss", "train/loss")), ("knn/top1", ("knn/top1",)), ("eval/top1", ("eval/top1",)))
 
 
-def _sweep_table(sweep, store):
+def _sweep_table(sweep, jobs: dict, store):
     from rich.table import Table
 
     from ..experiments import format_value
-    from ..submission import mlflow_ui_hint, refresh
-    from ..sweeps import close_parent_if_ended
+    from ..submission import mlflow_ui_hint
     from ._common import ago, duration, latest_values, read_metrics
 
-    jobs = {j.handle: refresh(j, store) for j in store.jobs_where(sweep_id=sweep.sweep_id)}
-    sweep = close_parent_if_ended(sweep, list(jobs.values()), store)
+    sweep = store.get_sweep(sweep.sweep_id) or sweep
     followups: dict[str, list] = {}
     for job in jobs.values():
         if job.after:

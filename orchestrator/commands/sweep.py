@@ -75,8 +75,11 @@ def print_submitted(sweep, record, jobs, followups) -> None:
 
 def follow_jobs(handles: list[str], poll_s: float = 2.0) -> int:
     """Wait for several jobs, printing each state change; Ctrl-C cancels those still going.
-    Exit code 0 if every job completed, else 1 (130 when interrupted)."""
+    Exit code 0 if every job completed, else the first job's non-zero exit status (130 when interrupted)."""
+    from mae_core.exitcodes import ExitCode
+
     from ..backends import JobState, get_backend
+    from ..backends.states import exit_status
     from ..store import open_store
     from ..submission import refresh
     from ._common import console
@@ -101,7 +104,7 @@ def follow_jobs(handles: list[str], poll_s: float = 2.0) -> int:
             if not job.state.terminal:
                 job = store.update(handle, cancel_requested=True)
                 get_backend(job.backend).cancel(job)
-        return 130
+        return ExitCode.INTERRUPTED
     done = sum(j.state == JobState.COMPLETED for j in jobs)
     out.print(f"{done}/{len(jobs)} job(s) completed")
-    return 0 if done == len(jobs) else 1
+    return next((code for code in (exit_status(j.state, j.exit_code) for j in jobs) if code), 0)
