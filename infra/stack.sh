@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The development service stack (single-node SLURM + accounting, S3 API, MLflow, Ray head).
-#   infra/stack.sh up [slurm|s3|mlflow|ray ...]     start (idempotent); writes infra/.state/env.sh
+# The development service stack (single-node SLURM + accounting, S3 API, MLflow, Ray head,
+# and the multi-node clusters: 3-node SLURM `slurm_mn`, 2-node Ray `ray_mn`).
+#   infra/stack.sh up [slurm|s3|mlflow|ray|slurm_mn|ray_mn ...]   start (idempotent); writes infra/.state/env.sh
 #   infra/stack.sh down [--force] [SERVICE ...]      stop what it started (PID files only)
 #   infra/stack.sh status [SERVICE ...]              table of services, PIDs, health
 #   infra/stack.sh clean                             down, then remove all state under infra/.state

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from . import config as cfg
-from . import packages, services, slurm
+from . import hosts, packages, ray_mn, services, slurm, slurm_mn
 from .base import Service
 from .process import StackError, is_alive, start_time
 
@@ -38,8 +38,10 @@ class Stack:
     def __init__(self, s: cfg.Settings):
         self.s = s
         self.slurm = slurm.services(s)
+        self.slurm_mn = slurm_mn.services(s)
+        self.ray_mn = ray_mn.services(s)
         self.other = services.services(s)
-        self.all: dict[str, Service] = {**self.slurm, **self.other}
+        self.all: dict[str, Service] = {**self.slurm, **self.other, **self.slurm_mn, **self.ray_mn}
         self.say = Reporter()
         self.started: list[Service] = []   # by this invocation (stopped again if `up` fails)
         self._started_lock = threading.Lock()
@@ -53,20 +55,65 @@ class Stack:
                 self.started.append(svc)
         self.say(svc.name, what)
 
-    def _up_slurm(self) -> None:
+    def members(self, group: str) -> list[Service]:
+        """The daemons a group needs (slurm_mn: the shared accounting chain, then its own)."""
+        if group == "slurm":
+            return list(self.slurm.values())
+        if group == "slurm_mn":
+            return [self.slurm[n] for n in cfg.SLURM_SHARED] + list(self.slurm_mn.values())
+        if group == "ray_mn":
+            return list(self.ray_mn.values())
+        return [self.other[group]]
+
+    def _up_slurm(self, want: list[str]) -> None:
+        """Both SLURM clusters in one job: they share munge, MariaDB and slurmdbd."""
         t0 = time.monotonic()
         installed = packages.ensure_installed(self.s.log / "apt.log")
         if installed:
             self.say("apt", f"installed {' '.join(installed)} in {time.monotonic() - t0:.1f}s")
-        slurm.prepare_config(self.s)
+        slurm.prepare_config(self.s)  # slurmdbd.conf and sacctmgr read this cluster's folder
         with ThreadPoolExecutor(2) as pool:  # munge and MariaDB do not depend on each other
             for fut in [pool.submit(self._ensure, self.slurm[n]) for n in ("munge", "mariadb")]:
                 fut.result()
-        for name in ("slurmdbd", "slurmctld", "slurmd"):
+        self._ensure(self.slurm["slurmdbd"])
+        shared_started = any(svc.name in cfg.SLURM_SHARED for svc in self.started)
+        jobs = []
+        if "slurm" in want:
+            jobs.append(lambda: self._up_slurm_single(shared_started))
+        if "slurm_mn" in want:
+            jobs.append(lambda: self._up_slurm_mn(shared_started))
+        with ThreadPoolExecutor(len(jobs) or 1) as pool:
+            for fut in [pool.submit(fn) for fn in jobs]:
+                fut.result()
+
+    def _up_slurm_single(self, shared_started: bool) -> None:
+        for name in ("slurmctld", "slurmd"):
             self._ensure(self.slurm[name])
-        if any(svc.group == "slurm" for svc in self.started):
+        if shared_started or any(svc.group == "slurm" and svc.name not in cfg.SLURM_SHARED
+                                 for svc in self.started):
             took = self.slurm["slurmd"].smoke_test()
             self.say("slurm", f"srun smoke test + sacct ok in {took:.1f}s")
+
+    def _up_slurm_mn(self, shared_started: bool) -> None:
+        t0 = time.monotonic()
+        slurm_mn.prepare(self.s)   # /etc/hosts lines for n1..n3, slurm.conf
+        slurm_mn.register_cluster(self.s)
+        self._ensure(self.slurm_mn["slurmctld_mn"])
+        for svc in list(self.slurm_mn.values())[1:]:
+            self._ensure(svc)
+        if shared_started or any(svc.group == "slurm_mn" for svc in self.started):
+            took = slurm_mn.smoke_test(self.s)
+            self.say("slurm_mn", f"srun -N{len(cfg.SLURM_MN_NODES)} hostname + sacct ok in {took:.1f}s")
+        idle = slurm_mn.idle_nodes(self.s)
+        self.say("slurm_mn", f"partition {cfg.SLURM_MN_PARTITION}: {len(idle)} idle node(s) "
+                             f"{' '.join(idle)}; {time.monotonic() - t0:.1f}s")
+
+    def _up_ray_mn(self) -> None:
+        t0 = time.monotonic()
+        for svc in self.ray_mn.values():   # head first: the worker's configuration names it
+            self._ensure(svc)
+        nodes = ray_mn.alive_nodes(self.s)
+        self.say("ray_mn", f"{len(nodes)} node(s) alive: {' '.join(nodes)}; {time.monotonic() - t0:.1f}s")
 
     def up(self, groups: list[str]) -> int:
         for d in (self.s.run, self.s.log, self.s.runtime):
@@ -75,8 +122,13 @@ class Stack:
         if taken:
             print("\n".join(f"stack: {msg}" for msg in taken), file=sys.stderr)
             return 1
-        jobs = {g: (self._up_slurm if g == "slurm" else (lambda g=g: self._ensure(self.other[g])))
-                for g in groups}
+        slurms = [g for g in groups if g in ("slurm", "slurm_mn")]
+        jobs = {"+".join(slurms): (lambda: self._up_slurm(slurms))} if slurms else {}
+        for g in groups:
+            if g == "ray_mn":
+                jobs[g] = self._up_ray_mn
+            elif g not in slurms:
+                jobs[g] = lambda g=g: self._ensure(self.other[g])
         errors: dict[str, BaseException] = {}
         with ThreadPoolExecutor(len(jobs) or 1) as pool:
             futures = {g: pool.submit(fn) for g, fn in jobs.items()}
@@ -93,6 +145,8 @@ class Stack:
                 print(f"stack: stopping what this run started ({names}); "
                       f"MAECTL_STACK_KEEP_ON_FAILURE=1 keeps it for debugging", file=sys.stderr)
                 self._stop(list(reversed(self.started)))
+            if "slurm_mn" in groups and self.slurm_mn["slurmctld_mn"].daemon.running() is None:
+                hosts.remove(slurm_mn.hosts_mark(self.s))   # no cluster left that needs the names
             self.write_env()
             return 1
         running = self.write_env()
@@ -115,11 +169,10 @@ class Stack:
         for svc in svcs:
             self.say(svc.name, svc.stop())
 
-    def _cancel_slurm_jobs(self) -> None:
+    def _cancel_slurm_jobs(self, ctld: Service, env: dict[str, str], who: str) -> None:
         """Jobs' processes belong to slurmstepd, not to our daemons: end them first."""
-        if not self.slurm["slurmctld"].healthy():
+        if not ctld.healthy():
             return
-        env = slurm.slurm_env(self.s)
         ids = slurm.run_cmd(["squeue", "-h", "-o", "%i"], env=env).stdout.split()
         if not ids:
             return
@@ -127,15 +180,35 @@ class Stack:
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and slurm.run_cmd(["squeue", "-h", "-o", "%i"], env=env).stdout.split():
             time.sleep(0.5)
-        self.say("slurm", f"cancelled {len(ids)} job(s)")
+        self.say(who, f"cancelled {len(ids)} job(s)")
+
+    def _down_slurm(self, gs: list[str]) -> None:
+        if "slurm_mn" in gs:
+            self._cancel_slurm_jobs(self.slurm_mn["slurmctld_mn"], slurm_mn.slurm_mn_env(self.s), "slurm_mn")
+            self._stop(list(self.slurm_mn.values())[::-1])   # the slurmds, then the controller
+            removed = hosts.remove(slurm_mn.hosts_mark(self.s))
+            if removed:
+                self.say("slurm_mn", f"removed {removed} line(s) from /etc/hosts")
+        if "slurm" in gs:
+            self._cancel_slurm_jobs(self.slurm["slurmctld"], slurm.slurm_env(self.s), "slurm")
+            self._stop([self.slurm[n] for n in ("slurmd", "slurmctld")])
+        # The accounting chain serves both clusters: keep it while the other one runs.
+        users = [g for g, ctld in (("slurm", self.slurm["slurmctld"]), ("slurm_mn", self.slurm_mn["slurmctld_mn"]))
+                 if g not in gs and ctld.daemon.running() is not None]
+        if users:
+            self.say("slurm", f"munge, mariadb, slurmdbd kept: {' '.join(users)} still uses them")
+            return
+        self._stop([self.slurm["slurmdbd"]])
+        self._stop([self.slurm[n] for n in ("mariadb", "munge")])
 
     def down(self, groups: list[str]) -> int:
-        def down_slurm() -> None:
-            self._cancel_slurm_jobs()
-            self._stop([self.slurm[n] for n in ("slurmd", "slurmctld", "slurmdbd")])
-            self._stop([self.slurm[n] for n in ("mariadb", "munge")])
-
-        jobs = [down_slurm if g == "slurm" else (lambda g=g: self._stop([self.other[g]])) for g in groups]
+        slurms = [g for g in groups if g in ("slurm", "slurm_mn")]
+        jobs = [lambda: self._down_slurm(slurms)] if slurms else []
+        for g in groups:
+            if g == "ray_mn":
+                jobs.append(lambda: self._stop(list(self.ray_mn.values())[::-1]))  # worker first
+            elif g not in slurms:
+                jobs.append(lambda g=g: self._stop([self.other[g]]))
         with ThreadPoolExecutor(len(jobs) or 1) as pool:
             for fut in [pool.submit(fn) for fn in jobs]:
                 fut.result()
@@ -147,8 +220,7 @@ class Stack:
     def running_groups(self) -> list[str]:
         up = []
         for g in cfg.GROUPS:
-            members = self.slurm.values() if g == "slurm" else [self.other[g]]
-            if all(svc.state()[0] in ("healthy", "external") for svc in members):
+            if all(svc.state()[0] in ("healthy", "external") for svc in self.members(g)):
                 up.append(g)
         return up
 
@@ -229,7 +301,7 @@ def locked(s: cfg.Settings):
 
 def parse_groups(names: list[str]) -> list[str]:
     if not names:
-        names = os.environ.get("MAECTL_STACK_SERVICES", "").replace(",", " ").split() or list(cfg.GROUPS)
+        names = os.environ.get("MAECTL_STACK_SERVICES", "").replace(",", " ").split() or list(cfg.DEFAULT_GROUPS)
     unknown = [n for n in names if n not in cfg.GROUPS]
     if unknown:
         raise SystemExit(f"stack: unknown service(s) {' '.join(unknown)}; choose from {' '.join(cfg.GROUPS)}")
@@ -272,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = stack.down(groups)
         if args.command == "clean":
             shutil.rmtree(s.runtime, ignore_errors=True)
-            for sub in ("run", "log", "slurm", "mariadb", "mlflow", "env.sh"):
+            for sub in ("run", "log", "slurm", "slurm_mn", "ray_mn", "mariadb", "mlflow", "env.sh"):
                 path = s.state / sub
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
             print(f"stack: removed state under {s.state} and {s.runtime}")

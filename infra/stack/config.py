@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # User-facing service groups, in start order; `slurm` is a chain of five daemons.
-GROUPS = ("slurm", "s3", "mlflow", "ray")
+# `slurm_mn` (3 nodes) and `ray_mn` (2 nodes) are the multi-node clusters, beside the
+# single-node ones; `slurm_mn` shares munge and the accounting chain of `slurm`.
+GROUPS = ("slurm", "s3", "mlflow", "ray", "slurm_mn", "ray_mn")
+DEFAULT_GROUPS = GROUPS
 SLURM_DAEMONS = ("munge", "mariadb", "slurmdbd", "slurmctld", "slurmd")
+SLURM_SHARED = ("munge", "mariadb", "slurmdbd")   # used by both SLURM clusters
 
 # Fixed, uncommon ports: below Linux's ephemeral range (32768+) and outside Ray's default
 # worker port range (10002-19999), so neither clients nor Ray workers can grab them first.
@@ -24,7 +28,24 @@ DEFAULT_PORTS = {
     "ray_dashboard": 28265,  # dashboard + job API (RAY_ADDRESS)
     "ray_client": 26001,     # ray:// client server
     "ray_agent": 28266,      # dashboard agent HTTP
+    # 3-node SLURM: its own controller; slurmd of node nK listens on slurmd_mn + K - 1.
+    "slurmctld_mn": 26827,
+    "slurmd_mn": 26831,
+    # 2-node Ray: every port fixed, so nothing collides with the single-node head.
+    "ray_mn": 26479,             # GCS of the multi-node head
+    "ray_mn_dashboard": 28365,   # dashboard + job API
+    "ray_mn_client": 26101,      # ray:// client server
+    "ray_mn_node": 26480,        # node k's internal ports: ray_mn_node + 10k + 0..5
+    "ray_mn_workers": 27000,     # node k's worker ports: ray_mn_workers + 100k + 0..99
 }
+
+# The multi-node clusters' fixed shape (the machine has 2 cores and 24 GiB for everyone).
+SLURM_MN_NODES = ("n1", "n2", "n3")
+SLURM_MN_PARTITION = "mn"
+SLURM_MN_CLUSTER = "maectl-mn"
+# Own loopback addresses, so Ray sees two machines; Linux routes all of 127/8 to `lo`.
+RAY_MN_IPS = ("127.0.2.1", "127.0.2.2")
+RAY_MN_RESOURCES = ("node_a", "node_b")   # one custom resource per node, to pin tasks
 
 # Dummy credentials for the local S3 server (moto checks no signature). Not real secrets.
 S3_ACCESS_KEY = "maectl-dev"
@@ -78,6 +99,18 @@ class Settings:
     @property
     def slurm_conf(self) -> Path:
         return self.slurm_etc / "slurm.conf"
+
+    @property
+    def slurm_mn_etc(self) -> Path:
+        return self.state / "slurm_mn" / "etc"
+
+    @property
+    def slurm_mn_conf(self) -> Path:
+        return self.slurm_mn_etc / "slurm.conf"
+
+    @property
+    def ray_mn_home(self) -> Path:
+        return self.state / "ray_mn"
 
     @property
     def env_file(self) -> Path:
@@ -134,5 +167,20 @@ def client_env(s: Settings, running: set[str]) -> dict[str, str]:
             SLURM_CONF=str(s.slurm_conf),
             MAECTL_SLURM_PARTITION=s.partition,
             MAECTL_SLURM_ACCOUNT=s.account,
+        )
+    if "slurm_mn" in running:
+        env.update(
+            MAECTL_TEST_SLURM_MN_CONF=str(s.slurm_mn_conf),   # SLURM_CONF for the 3-node cluster
+            MAECTL_TEST_SLURM_MN_PARTITION=SLURM_MN_PARTITION,
+            MAECTL_TEST_SLURM_MN_NODES=",".join(SLURM_MN_NODES),
+            MAECTL_TEST_SLURM_MN_CLUSTER=SLURM_MN_CLUSTER,
+            MAECTL_TEST_SLURM_MN_ACCOUNT=s.account,
+        )
+    if "ray_mn" in running:
+        env.update(
+            MAECTL_TEST_RAY_MN_ADDRESS=f"http://127.0.0.1:{s.ports['ray_mn_dashboard']}",
+            MAECTL_TEST_RAY_MN_GCS=f"{RAY_MN_IPS[0]}:{s.ports['ray_mn']}",
+            MAECTL_TEST_RAY_MN_NODE_IPS=",".join(RAY_MN_IPS),
+            MAECTL_TEST_RAY_MN_RESOURCES=",".join(RAY_MN_RESOURCES),
         )
     return env
