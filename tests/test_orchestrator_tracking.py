@@ -39,10 +39,10 @@ def test_mlflow_round_trip_and_restart_continues_the_run(tmp_path, demo_shards, 
 
     host = re.sub(r"^http://", "", mlflow_tracking_uri)
     uri_with_password = f"http://alice:{URI_PASSWORD}@{host}"
-    env = clean_env(tmp_path)
+    env = clean_env(tmp_path, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")
     job = tiny_job(tmp_path, demo_shards, tracking=True)
     experiment = f"tiny-test-job-{uuid.uuid4().hex[:8]}"  # the server outlives test sessions
-    first = maectl(["submit", job, f"tracking.uri={uri_with_password}", f"tracking.experiment={experiment}", "--wait"], env, timeout=300)
+    first = maectl(["submit", job, "--backend", "local", f"tracking.uri={uri_with_password}", f"tracking.experiment={experiment}", "--wait"], env, timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     handle = re.search(r"submitted (local-[0-9a-f]{6})", first.stdout)[1]
     output_dir = tmp_path / "out" / "tiny-test-job" / handle
@@ -63,9 +63,11 @@ def test_mlflow_round_trip_and_restart_continues_the_run(tmp_path, demo_shards, 
     artifacts = {a.path for folder in ("config", "reconstructions", "encoder") for a in client.list_artifacts(run_id, folder)}
     assert {"config/resolved.yaml", "reconstructions/reconstruction-epoch0001.png", "encoder/encoder_timm.pt"} <= artifacts
 
+    _assert_mlflow_native_records(client, mlflow_tracking_uri, run_id, experiment, output_dir, demo_shards)
+
     # Started again on the same output folder (a requeue, a restart): the checkpoint resumes at
     # step 8 and the same run continues from there.
-    second = maectl(["submit", job, f"tracking.uri={uri_with_password}", f"tracking.experiment={experiment}", f"output_dir={output_dir}",
+    second = maectl(["submit", job, "--backend", "local", f"tracking.uri={uri_with_password}", f"tracking.experiment={experiment}", f"output_dir={output_dir}",
                      "train.epochs=2", "--wait"], env, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
     assert (output_dir / "mlflow_run_id").read_text().strip() == run_id
@@ -115,3 +117,37 @@ def test_resumed_sink_skips_replayed_steps_and_keeps_params(tmp_path, mlflow_tra
     fresh = open_run(spec, str(tmp_path))
     assert fresh.run_id != first.run_id
     fresh.close()
+
+
+def _assert_mlflow_native_records(client, uri, run_id, experiment, output_dir, shards):
+    """What MLflow's users look for: the encoder as a registered model that loads and runs, the
+    shards as the run's dataset input (digest from the manifest), MLflow's own system metrics."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    from mae_core.data.manifest import read_manifest
+    from mae_core.weights import load_model
+    from orchestrator.tracking.artifacts import manifest_digest
+
+    version = client.get_model_version(experiment, "1")
+    assert version.run_id == run_id and version.status == "READY"
+    mlflow.set_tracking_uri(uri)
+    info = mlflow.models.get_model_info(f"models:/{experiment}/1")
+    assert info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 3, 32, 32)
+    assert info.saved_input_example_info is not None
+    encoder = mlflow.pytorch.load_model(f"models:/{experiment}/1")
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        features = encoder(images)
+        expected = load_model(output_dir / "final" / "mae.pt").eval().extract_features(images, pool="cls")
+    torch.testing.assert_close(features, expected)  # the pretrained encoder, not a fresh one
+
+    run = client.get_run(run_id)
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    train = next(d for name, d in inputs.items() if name.endswith(":train"))
+    assert train.dataset.digest == manifest_digest(read_manifest(shards, "train"))
+    assert str(shards).rstrip("/") in train.dataset.source and train.tags[0].value == "training"
+    assert '"num_samples": 400' in train.dataset.profile
+    system = {k for k in run.data.metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system, sorted(run.data.metrics)

@@ -64,6 +64,7 @@ def log_encoder_model(tracking_uri: str, run_id: str, final_dir: str, registered
     info = mlflow.pytorch.log_model(
         encoder, name=MODEL_NAME_IN_RUN, run_id=run_id, input_example=example,
         signature=infer_signature(example, features), registered_model_name=registered_name,
+        serialization_format="pickle",  # the module itself (any batch size); pt2 would fix the example's shapes
         # Given, not inferred: inference loads the model in a subprocess (tens of seconds here).
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "maectl"],
         metadata={"maectl.model": "VisionTransformerClassifier(num_classes=0, global_pool='token')",
