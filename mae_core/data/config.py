@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from ..structured import bounded
 
@@ -27,17 +28,30 @@ class DataConfig:
     crop_scale: tuple[float, float] = (0.2, 1.0)  # pretraining RandomResizedCrop area range
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: bool = True
+    # Pretraining crop (Table 1e): "random_size" = RandomResizedCrop(crop_scale, crop_ratio);
+    # "fixed_size" = resize the short side to img_size / fixed_crop_ratio, then a random
+    # img_size x img_size crop (224 of 256 for the default).
+    pretrain_crop: Literal["random_size", "fixed_size"] = "random_size"
+    fixed_crop_ratio: float = bounded(0.875, gt=0, le=1)
+    # Pretraining colour jitter (Table 1e "+ color jit"): torchvision ColorJitter(b, c, s) with
+    # b = c = s = this; 0 = off (the recipe: jitter hurts MAE). The paper's row uses 0.4.
+    color_jitter: float = bounded(0.0, ge=0, le=1)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     # Fine-tuning and linear probing use the supervised recipe's wider crop range.
     supervised_crop_scale: tuple[float, float] = (0.08, 1.0)
-    # Fine-tuning: RandAugment with num_ops ops at `randaug_magnitude` (of 31 bins), the magnitude
-    # jittered per image with this std (timm's "rand-m9-mstd0.5"), then random erasing.
+    # Fine-tuning: timm's RandAugment "rand-m{magnitude}-n{num_ops}-mstd{std}[-inc1]" (the recipe:
+    # rand-m9-mstd0.5-inc1: magnitude 9 of timm's 10 levels, jittered per op with std 0.5, each op
+    # applied with probability 0.5, the "increasing" op variants), then timm's random erasing in
+    # 'pixel' mode with this probability (mae_core/data/augment.py).
     randaug_num_ops: int = bounded(2, ge=0, le=16)
-    randaug_magnitude: int = 9
+    randaug_magnitude: int = bounded(9, ge=0, le=10)
     randaug_magnitude_std: float = bounded(0.5, ge=0, le=100)
+    randaug_increasing: bool = True
     random_erasing: float = 0.25
-    eval_crop_ratio: float = 0.875  # eval: resize the short side to img_size / ratio, centre crop
+    # Eval: resize the short side to img_size / ratio, centre crop. null: the release's rule,
+    # 0.875 up to 224 px and 1.0 (the whole short side) above.
+    eval_crop_ratio: float | None = bounded(None, gt=0, le=1)
     draft: bool = True  # decode JPEGs at 1/2, 1/4, 1/8 scale when the crop is that much larger
     shard_retries: int = bounded(3, ge=0, le=1000)  # re-opens of a shard that fails to read, before giving up
     retry_delay_s: float = bounded(1.0, ge=0, le=3600)
@@ -59,9 +73,12 @@ class DataConfig:
         _check(self.num_workers >= 0, "num_workers", self.num_workers, "must be >= 0")
         _check(self.shuffle_buffer >= 0, "shuffle_buffer", self.shuffle_buffer, "must be >= 0")
         _check(min(self.std) > 0, "std", self.std, "must be positive")
-        _check(0 < self.eval_crop_ratio <= 1, "eval_crop_ratio", self.eval_crop_ratio, "must be in (0, 1]")
+        if self.eval_crop_ratio is not None:
+            _check(0 < self.eval_crop_ratio <= 1, "eval_crop_ratio", self.eval_crop_ratio, "must be in (0, 1]")
+        _check(0 < self.fixed_crop_ratio <= 1, "fixed_crop_ratio", self.fixed_crop_ratio, "must be in (0, 1]")
+        _check(0 <= self.color_jitter <= 1, "color_jitter", self.color_jitter, "must be in [0, 1]")
         _check(self.randaug_num_ops >= 0, "randaug_num_ops", self.randaug_num_ops, "must be >= 0")
-        _check(0 <= self.randaug_magnitude <= 30, "randaug_magnitude", self.randaug_magnitude, "must be in 0..30")
+        _check(0 <= self.randaug_magnitude <= 10, "randaug_magnitude", self.randaug_magnitude, "must be in 0..10 (timm's levels)")
         _check(self.randaug_magnitude_std >= 0, "randaug_magnitude_std", self.randaug_magnitude_std, "must be >= 0")
         _check(0 <= self.random_erasing <= 1, "random_erasing", self.random_erasing, "is a probability in [0, 1]")
         _check(self.shard_retries >= 0, "shard_retries", self.shard_retries, "must be >= 0")

@@ -2,17 +2,18 @@
 
 - `SampleTransform`: encoded image bytes -> uint8 (3, S, S) (channels-last strides). Chooses the view (crop box + flip)
   from the image header, then decodes only what that view needs (see decode.py). Fine-tuning adds
-  RandAugment here, on uint8.
+  timm's RandAugment here (augment.py); pretraining optionally colour jitter.
 - `BatchTransform`: the stacked uint8 batch -> normalised float32, once per batch rather than per
-  image; fine-tuning adds per-image random erasing after normalising (as the paper's recipe does).
+  image; fine-tuning adds timm's per-image random erasing after normalising (as the recipe does).
 
 Randomness comes from torch's global generator, which the loader seeds per batch inside
 `torch.random.fork_rng`, so results depend only on (seed, epoch, rank, stream, batch index).
 
-Modes: pretrain = RandomResizedCrop(crop_scale, bicubic) + flip (no colour jitter: it hurts MAE);
-finetune = RandomResizedCrop(supervised_crop_scale) + flip + RandAugment + random erasing
-(mixup/cutmix act on batches and belong to the engine); linprobe = RandomResizedCrop(
-supervised_crop_scale) + flip; eval = resize the short side to S / eval_crop_ratio + centre crop.
+Modes: pretrain = RandomResizedCrop(crop_scale, bicubic) + flip (no colour jitter by default: it
+hurts MAE), or the fixed-size crop of Table 1e (`pretrain_crop`); finetune = RandomResizedCrop(
+supervised_crop_scale) + flip + timm's RandAugment + timm's random erasing (mixup/cutmix act on
+batches and belong to the engine); linprobe = the release's single-draw RandomResizedCrop(
+supervised_crop_scale) + flip; eval = resize the short side to S / eval crop ratio + centre crop.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torchvision.transforms import v2
 
 from .config import DataConfig
 from .decode import View, decode_view, open_image
@@ -93,39 +93,31 @@ class CentreView:
         return View(round((height - side_h) / 2), round((width - side_w) / 2), side_h, side_w)
 
 
-class JitteredRandAugment(v2.RandAugment):
-    """RandAugment whose magnitude is drawn per image from N(magnitude, std) (timm's "mstd")."""
-
-    def __init__(self, num_ops: int, magnitude: int, magnitude_std: float, fill):
-        super().__init__(num_ops=num_ops, magnitude=magnitude, interpolation=v2.InterpolationMode.BILINEAR, fill=fill)
-        self._mean_magnitude = magnitude
-        self._magnitude_std = magnitude_std
-
-    def forward(self, *inputs):
-        if self._magnitude_std > 0:
-            drawn = self._mean_magnitude + self._magnitude_std * float(torch.randn(()))
-            self.magnitude = int(min(max(round(drawn), 0), self.num_magnitude_bins - 1))
-        return super().forward(*inputs)
-
-
 class SampleTransform:
     """Encoded image bytes -> uint8 tensor (3, img_size, img_size) for one mode."""
 
     def __init__(self, cfg: DataConfig, mode: str):
+        from . import augment
+
         check_mode(mode)
         self.size = cfg.img_size
         self.draft = cfg.draft
         # Training decodes with libjpeg-turbo's fast IDCT and upsampling; eval as PIL does (decode.py).
         self.fast_decode = mode != "eval"
         if mode == "eval":
-            self.view = CentreView(cfg.img_size, cfg.eval_crop_ratio)
+            self.view = CentreView(cfg.img_size, augment.eval_crop_ratio(cfg))
+        elif mode == "linprobe":
+            self.view = augment.SingleDrawView(cfg.img_size, cfg.supervised_crop_scale, cfg.crop_ratio, cfg.hflip)
+        elif mode == "pretrain" and cfg.pretrain_crop == "fixed_size":
+            self.view = augment.FixedSizeView(cfg.img_size, cfg.fixed_crop_ratio, cfg.hflip)
         else:
             scale = cfg.crop_scale if mode == "pretrain" else cfg.supervised_crop_scale
             self.view = RandomResizedView(cfg.img_size, scale, cfg.crop_ratio, cfg.hflip)
         self.augment = None
         if mode == "finetune" and cfg.randaug_num_ops > 0:
-            fill = [round(255 * m) for m in cfg.mean]
-            self.augment = JitteredRandAugment(cfg.randaug_num_ops, cfg.randaug_magnitude, cfg.randaug_magnitude_std, fill)
+            self.augment = augment.FinetuneAugment(cfg)
+        elif mode == "pretrain":
+            self.augment = augment.color_jitter(cfg)
 
     def __call__(self, data: bytes) -> torch.Tensor:
         image = open_image(data)
@@ -146,11 +138,12 @@ class BatchTransform:
         self.scale = 1 / (torch.tensor(cfg.std).view(1, 3, 1, 1) * 255)
         self.erase = None
         if mode == "finetune" and cfg.random_erasing > 0:
-            self.erase = v2.RandomErasing(p=cfg.random_erasing, value="random")
+            from .augment import BatchErasing
+
+            self.erase = BatchErasing(cfg)  # timm's RandomErasing: one draw per image of the batch
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         out = images.to(torch.float32, memory_format=torch.contiguous_format).sub_(self.offset).mul_(self.scale)
         if self.erase is not None:
-            # One draw per image: RandomErasing on a batch would erase the same box in all of them.
-            out = torch.stack([self.erase(image) for image in out])
+            out = self.erase(out)
         return out
