@@ -216,6 +216,31 @@ def test_two_node_job_sees_node_ids_0_and_1_and_node_names_resolve(slurm_mn, tmp
 
 
 @pytest.mark.integration
+def test_submitit_two_node_job_reaches_completed_through_accounting(slurm_mn, tmp_path, monkeypatch):
+    submitit = pytest.importorskip("submitit")
+    monkeypatch.setenv("SLURM_CONF", slurm_mn.conf)   # submitit's sbatch/sacct read it
+
+    def where():  # nested: pickled by value, so the job needs no import of this file
+        import socket
+
+        import submitit as sub
+        env = sub.JobEnvironment()
+        return env.global_rank, env.node, socket.gethostname()
+
+    executor = submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="slurm")
+    executor.update_parameters(slurm_partition=slurm_mn.partition, nodes=2, tasks_per_node=1,
+                               cpus_per_task=1, timeout_min=5, name="maectl-infra-mn-submitit")
+    job = executor.submit(where)
+    results = sorted(job.results())
+    assert [(rank, node) for rank, node, _ in results] == [(0, 0), (1, 1)]
+    assert len({host for _, _, host in results}) == 2 and {h for *_, h in results} <= set(slurm_mn.nodes)
+    deadline = time.monotonic() + 30  # accounting lags the job's end by a moment
+    while job.get_info(mode="force").get("State") != "COMPLETED" and time.monotonic() < deadline:
+        time.sleep(1)
+    assert job.state == "COMPLETED"   # from sacct: the maectl-mn cluster is in slurmdbd
+
+
+@pytest.mark.integration
 @pytest.mark.slow
 def test_gloo_all_reduce_across_two_slurm_nodes_agrees(slurm_mn, tmp_path):
     pytest.importorskip("torch")
@@ -249,6 +274,42 @@ def test_gloo_all_reduce_across_two_slurm_nodes_agrees(slurm_mn, tmp_path):
     assert results[0][1] == results[0][2] == results[0][3]  # rank 0 on the rendezvous node
     expected = ",".join(f"{v * 3:g}" for v in range(4))  # ranks 0 and 1 add x*1 + x*2
     assert results[0][4] == results[1][4] == expected, out
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_requeued_two_node_job_comes_back_on_both_nodes_within_cred_expire(slurm_mn, tmp_path):
+    """`scontrol requeue` of a running 2-node job: back on 2 nodes with SLURM_RESTART_COUNT=1
+    after ~cred_expire (10 s here; SLURM's default 120 s would miss the 90 s deadline)."""
+    env = slurm_mn.env
+    config = subprocess.run(["scontrol", "show", "config"], env=env, capture_output=True, text=True, timeout=30).stdout
+    assert "cred_expire=10" in config
+    out = tmp_path / "requeue.out"
+    script = tmp_path / "requeue.sh"
+    script.write_text('#!/bin/bash\nsrun bash -c \'echo START $SLURM_NODEID ${SLURM_RESTART_COUNT:-0}; sleep 300\'\n')
+    job = subprocess.run(["sbatch", "--parsable", f"--partition={slurm_mn.partition}", "--nodes=2",
+                          "--ntasks-per-node=1", "--time=10", "--requeue", f"--output={out}", "--open-mode=append",
+                          "--job-name=maectl-infra-mn-requeue", str(script)],
+                         env=env, capture_output=True, text=True, timeout=60).stdout.strip()
+
+    def starts() -> list[str]:
+        return [ln for ln in (out.read_text().splitlines() if out.exists() else []) if ln.startswith("START ")]
+
+    try:
+        deadline = time.monotonic() + 120
+        while len(starts()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert sorted(starts()) == ["START 0 0", "START 1 0"], out.read_text() if out.exists() else "no output"
+        t0 = time.monotonic()
+        subprocess.run(["scontrol", "requeue", job], env=env, check=True, capture_output=True, timeout=30)
+        deadline = t0 + 90
+        while len(starts()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        took = time.monotonic() - t0
+        print(f"requeued 2-node job running again after {took:.1f}s, load {os.getloadavg()}")
+        assert sorted(starts()[2:]) == ["START 0 1", "START 1 1"], out.read_text()
+    finally:
+        subprocess.run(["scancel", job], env=env, capture_output=True, timeout=30)
 
 
 @pytest.fixture(scope="module")
