@@ -9,26 +9,29 @@ from collections.abc import Iterable
 
 import torch.nn as nn
 
-# Tokens and position embeddings are exempt from weight decay; so is every 1-D tensor
-# (biases, LayerNorm weights).
+# Tokens and position embeddings are exempt from weight decay in fine-tuning (the release's
+# `no_weight_decay()`); so is every 1-D tensor (biases, LayerNorm weights).
 _NO_DECAY_ROOTS = ("cls_token", "mask_token", "encoder_mask_token", "pos_embed", "decoder_pos_embed")
+_TOKENS = ("cls_token", "mask_token", "encoder_mask_token")
 
 
-def _exempt_from_decay(name: str, param: nn.Parameter, extra: Iterable[str]) -> bool:
-    return param.ndim <= 1 or name.endswith(".bias") or name.split(".")[0] in _NO_DECAY_ROOTS or name in extra
+def _exempt_from_decay(name: str, param: nn.Parameter, extra: Iterable[str], roots: Iterable[str] = _NO_DECAY_ROOTS) -> bool:
+    return param.ndim <= 1 or name.endswith(".bias") or name.split(".")[0] in roots or name in extra
 
 
-def param_groups_weight_decay(model: nn.Module, weight_decay: float) -> list[dict]:
+def param_groups_weight_decay(model: nn.Module, weight_decay: float, *, decay_tokens: bool = True) -> list[dict]:
     """Two groups for pretraining: decayed weight matrices, and everything exempt at 0.
 
-    The release applies decay to cls_token and mask_token (its skip list is empty); they are
-    exempt here, as in its fine-tuning. Frozen parameters (the fixed pos embeds) are left out.
+    decay_tokens=True is the release's pretraining: only 1-D tensors and biases are exempt, so
+    cls_token and mask_token are decayed (its skip list is empty). False exempts the tokens too,
+    as fine-tuning does. Frozen parameters (the fixed sin-cos pos embeds) are left out.
     """
+    roots = tuple(r for r in _NO_DECAY_ROOTS if r not in _TOKENS) if decay_tokens else _NO_DECAY_ROOTS
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if _exempt_from_decay(name, param, ()) else decay).append(param)
+        (no_decay if _exempt_from_decay(name, param, (), roots) else decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
         {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},

@@ -91,12 +91,20 @@ def test_layer_wise_lr_decay_groups():
 
 
 def test_pretraining_weight_decay_groups():
+    """The release's pretraining decays cls_token and mask_token (decay_tokens, the default);
+    decay_tokens=False exempts them, as this project did before."""
     mae = build_model(MICRO)
-    decay, no_decay = param_groups_weight_decay(mae, 0.05)
     names = {id(p): n for n, p in mae.named_parameters()}
+    decay, no_decay = param_groups_weight_decay(mae, 0.05)
     decayed = {names[id(p)] for p in decay["params"]}
     exempt = {names[id(p)] for p in no_decay["params"]}
-    assert {"cls_token", "mask_token", "blocks.0.norm1.weight", "decoder_pred.bias"} <= exempt
-    assert {"blocks.0.attn.qkv.weight", "decoder_embed.weight", "patch_embed.proj.weight"} <= decayed
+    assert {"cls_token", "mask_token", "blocks.0.attn.qkv.weight", "decoder_embed.weight", "patch_embed.proj.weight"} <= decayed
+    assert {"blocks.0.norm1.weight", "decoder_pred.bias"} <= exempt
     assert "pos_embed" not in decayed | exempt  # frozen
+    assert len(decayed | exempt) == sum(p.requires_grad for p in mae.parameters())
+
+    old_decay, old_exempt = param_groups_weight_decay(mae, 0.05, decay_tokens=False)
+    old_decayed = {names[id(p)] for p in old_decay["params"]}
+    assert {"cls_token", "mask_token"} <= {names[id(p)] for p in old_exempt["params"]}
+    assert old_decayed == decayed - {"cls_token", "mask_token"}
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0

@@ -37,6 +37,9 @@ class OptimConfig:
     momentum: float = bounded(0.9, ge=0, lt=1)  # LARS
     layer_decay: float | None = bounded(None, gt=0, le=1)  # fine-tune: layer-wise lr decay
     clip_grad: float | None = bounded(None, gt=0, le=1e6)
+    # Pretraining: weight decay on cls_token and mask_token, as the release applies it (its skip
+    # list is empty); false exempts them like biases, norms and position embeddings.
+    decay_tokens: bool = True
     fused: bool = False  # torch's fused AdamW kernel (GPU)
 
     def __post_init__(self):
@@ -111,8 +114,13 @@ class FinetuneConfig:
     num_classes: int = bounded(1000, ge=1, le=10**7)
     global_pool: Literal["avg", "token"] = "avg"
     drop_path: float = bounded(0.1, ge=0, lt=1)
+    # timm's Mixup as the release configures it: alphas 0.8 / 1.0, applied to every batch
+    # (mixup_prob), cutmix instead of mixup with mixup_switch_prob, one lam per batch.
     mixup: float = bounded(0.8, ge=0, le=100)
     cutmix: float = bounded(1.0, ge=0, le=100)
+    mixup_prob: float = bounded(1.0, ge=0, le=1)
+    mixup_switch_prob: float = bounded(0.5, ge=0, le=1)
+    mixup_mode: Literal["batch", "pair", "elem"] = "batch"
     label_smoothing: float = bounded(0.1, ge=0, lt=1)
     eval_every_epochs: int = bounded(1, ge=1, le=MAX_EPOCHS)
 
