@@ -197,3 +197,13 @@ def test_status_json_of_a_sweep_and_cancel_by_sweep_id(tmp_path):
         (0, 0.5, "local-ok0001", "completed"), (1, 0.9, "local-bad001", "failed")]
     cancelled = maectl(["cancel", "sweep-abc123"], env)
     assert cancelled.returncode == 0 and "sweep sweep-abc123: 0 of 2 job(s) still going" in cancelled.stdout, cancelled.stdout + cancelled.stderr
+
+
+@pytest.mark.parametrize("url", ["/nonexistent/maectl-shards", "file:///nonexistent/maectl-shards"])
+def test_local_data_path_missing_on_this_machine_is_refused_before_anything_is_recorded(tmp_path, url):
+    result = maectl(["submit", "pretrain-vit-tiny-demo", f"data.url={url}", "--backend", "local"], clean_env(tmp_path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("maectl: error: jobs/pretrain-vit-tiny-demo.yaml: data.url: ") and "does not exist" in message, message
+    assert "(set on the command line)" in message
+    assert jobs_recorded(tmp_path) == 0 and not (tmp_path / "home" / "jobs").exists() and not (tmp_path / "out").exists()
