@@ -18,11 +18,13 @@ from .models.config import MASK_STRATEGIES as STRATEGIES  # noqa: E402 — plain
 
 @dataclass(frozen=True)
 class MaskedIndices:
-    """ids_keep (N, K), ids_restore (N, L), mask (N, L) float with 1 = removed."""
+    """ids_keep (N, K), ids_restore (N, L), mask (N, L) float with 1 = removed, and
+    ids_removed (N, L - K): the removed patches in shuffle order, the only ones the loss reads."""
 
     ids_keep: torch.Tensor
     ids_restore: torch.Tensor
     mask: torch.Tensor
+    ids_removed: torch.Tensor
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
@@ -41,7 +43,7 @@ def masking_from_noise(noise: torch.Tensor, mask_ratio: float) -> MaskedIndices:
     mask = torch.ones(n, length, device=noise.device)
     mask[:, :keep] = 0
     mask = torch.gather(mask, dim=1, index=ids_restore)
-    return MaskedIndices(ids_keep, ids_restore, mask)
+    return MaskedIndices(ids_keep, ids_restore, mask, ids_shuffle[:, keep:])
 
 
 def random_noise(n: int, length: int, device=None, generator: torch.Generator | None = None) -> torch.Tensor:

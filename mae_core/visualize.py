@@ -10,7 +10,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .fileio import open_for_write
-from .patches import denormalize_patches, patchify, unpatchify
+from .patches import unpatchify
 
 COLUMNS = ("original", "masked", "reconstruction", "recon + visible")
 _MIN_CELL = 96  # small images (32 px) are scaled up, pixel-exact, so that patches are visible
@@ -26,7 +26,8 @@ def reconstruction_tensors(
     "recon + visible", (N, C, H, W) each in that normalised space, and "mask" (N, 1, H, W), 1 = removed.
 
     With norm_pix_loss the model predicts each patch in its own standard units; the prediction
-    is mapped back with that patch's mean and std, which the original image provides.
+    is mapped back with that patch's mean and std, which the original image provides. PCA
+    coefficients are mapped back through the model's basis.
     """
     was_training = model.training
     model.eval()
@@ -38,9 +39,7 @@ def reconstruction_tensors(
     imgs = imgs.detach().float()
     p, c = model.config.patch_size, imgs.shape[1]
     grid = (imgs.shape[-2] // p, imgs.shape[-1] // p)
-    pred = pred.float()
-    if model.config.norm_pix_loss:
-        pred = denormalize_patches(pred, patchify(imgs, p))
+    pred = model.pred_to_patches(pred, imgs)  # norm-pixel and PCA targets back to pixels
     recon = unpatchify(pred, p, grid, c)
     removed = unpatchify(mask.float().unsqueeze(-1).expand(-1, -1, p * p), p, grid, 1)  # (N, 1, H, W)
     return {

@@ -327,3 +327,161 @@ def test_bench_flops_ratio_of_the_visible_only_encoder():
     large = model_config("mae_vit_large_patch16")
     ratio = mae_forward_flops(dataclasses.replace(large, mask_token_in_encoder=True), 0.75) / mae_forward_flops(large, 0.75)
     assert 3.1 < ratio < 3.4
+
+
+# -- fast paths, bit for bit -------------------------------------------------------------------
+@pytest.mark.parametrize("norm_pix_loss", [False, True])
+def test_plain_path_equals_the_documented_pipeline_bit_for_bit(norm_pix_loss):
+    """fused_attn=False keeps the release's op order: the same floats, not just close ones."""
+    torch.manual_seed(0)
+    model = build_model(MICRO, norm_pix_loss=norm_pix_loss, fused_attn=False)
+    imgs, noise = torch.randn(3, 3, 32, 32), torch.rand(3, 64)
+    loss, pred, mask = model(imgs, noise=noise)
+    ref_loss, ref_pred, ref_mask = reference_mae_loss(model.state_dict(), model.config, imgs, noise, 0.75)
+    assert torch.equal(pred, ref_pred) and torch.equal(loss, ref_loss) and torch.equal(mask, ref_mask)
+
+
+@pytest.mark.parametrize("fused_attn", [True, False])
+def test_predicting_only_the_masked_patches_changes_nothing(fused_attn):
+    torch.manual_seed(0)
+    model = build_model(MICRO, norm_pix_loss=True, fused_attn=fused_attn)
+    imgs, noise = torch.randn(3, 3, 32, 32), torch.rand(3, 64)
+    loss, pred, mask = model(imgs, noise=noise)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    fast_loss, fast_pred, fast_mask = model(imgs, noise=noise, full_pred=False)
+    fast_loss.backward()
+    assert torch.equal(fast_loss, loss) and torch.equal(fast_mask, mask)
+    assert fast_pred.shape == (3, 48, 48)  # only the 48 removed patches of each image
+    ids_removed = torch.argsort(noise, dim=1)[:, 16:]
+    assert torch.equal(fast_pred, torch.gather(pred, 1, ids_removed[..., None].expand(-1, -1, 48)))
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, grads[name], atol=1e-6, rtol=1e-5, msg=name)
+    # With the loss on every patch, every patch is predicted either way.
+    visible = build_model(MICRO, loss_on_visible=True)
+    assert visible(imgs, noise=noise, full_pred=False)[1].shape == (3, 64, 48)
+
+
+# -- reconstruction targets (Table 1d) ---------------------------------------------------------
+def test_target_knob_validation():
+    from mae_core.structured import ConfigError
+
+    assert model_config(MICRO, norm_pix_loss=True).reconstruction_target == "norm_pixel"
+    assert model_config(MICRO, target="norm_pixel").reconstruction_target == "norm_pixel"
+    assert model_config(MICRO).reconstruction_target == "pixel"
+    with pytest.raises(ConfigError, match="DALL-E") as err:
+        model_config(MICRO, target="dvae")
+    assert err.value.key == "target"
+    with pytest.raises(ConfigError, match="did you mean 'pca'") as err:
+        model_config(MICRO, target="pcaa")
+    assert err.value.key == "target"
+    with pytest.raises(ConfigError, match="conflicts") as err:
+        model_config(MICRO, target="pca", norm_pix_loss=True, pca_components=16)
+    assert err.value.key == "norm_pix_loss"
+    with pytest.raises(ConfigError, match="4x4x3 = 48") as err:
+        model_config(MICRO, target="pca")  # 96 components of a 48-dim patch
+    assert err.value.key == "pca_components"
+
+
+def test_pca_from_moments_recovers_a_known_basis():
+    from mae_core.targets import patch_moments, pca_coefficients, pca_from_moments, pca_reconstruct
+
+    gen = torch.Generator().manual_seed(0)
+    directions, _ = torch.linalg.qr(torch.randn(12, 12, generator=gen, dtype=torch.float64))
+    scales = torch.tensor([5.0, 3.0, 2.0] + [0.1] * 9, dtype=torch.float64)
+    samples = (torch.randn(20000, 12, generator=gen, dtype=torch.float64) * scales) @ directions.T + 7.0
+    # Moments add up over batches: two halves give the same basis as the whole.
+    halves = [patch_moments(part.reshape(10, 1000, 12)) for part in samples.chunk(2)]
+    summed = tuple(a + b for a, b in zip(*halves))
+    whole = patch_moments(samples)
+    for a, b in zip(summed, whole):
+        torch.testing.assert_close(a, b)
+    mean, basis, variance = pca_from_moments(*summed, components=3)
+    assert mean.shape == (12,) and basis.shape == (3, 12) and variance.shape == (3,)
+    torch.testing.assert_close(mean, torch.full((12,), 7.0), atol=0.1, rtol=0)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(3), atol=1e-5, rtol=0)  # orthonormal rows
+    cosines = (basis.double() @ directions[:, :3]).abs().diagonal()
+    assert (cosines > 0.999).all()  # the top directions, largest first
+    torch.testing.assert_close(variance, (scales[:3] ** 2).float(), rtol=0.05, atol=0)
+    # Coefficients and back: the projection onto the kept components.
+    x = samples[:5].float().reshape(1, 5, 12)
+    coeffs = pca_coefficients(x, mean, basis)
+    back = pca_reconstruct(coeffs, mean, basis)
+    assert coeffs.shape == (1, 5, 3)
+    assert (back - x).norm() < 0.1 * (x - mean).norm()
+    with pytest.raises(ValueError, match="components"):
+        pca_from_moments(*summed, components=13)
+
+
+def _pca_model(**overrides):
+    from mae_core.targets import patch_moments, pca_from_moments
+
+    torch.manual_seed(0)
+    model = build_model(MICRO, target="pca", pca_components=16, **overrides)
+    data = torch.randn(64, 3, 32, 32)
+    model.set_pca_basis(*pca_from_moments(*patch_moments(patchify(data, 4)), 16)[:2])
+    return model, data
+
+
+def test_pca_target_loss_is_on_the_coefficients(tmp_path):
+    from mae_core.targets import pca_coefficients
+    from mae_core.weights import load_model, save_model
+
+    model, data = _pca_model()
+    assert model.decoder_pred.weight.shape == (16, 64)  # the head predicts 16 coefficients
+    imgs, noise = data[:2], torch.rand(2, 64)
+    loss, pred, mask = model(imgs, noise=noise)
+    assert pred.shape == (2, 64, 16)
+    coeffs = pca_coefficients(patchify(imgs, 4), model.decoder_pca_mean, model.decoder_pca_basis)
+    expected = ((pred - coeffs) ** 2).mean(-1)[mask.bool()].mean()
+    torch.testing.assert_close(loss, expected)
+    assert torch.equal(model(imgs, noise=noise, full_pred=False)[0], loss)
+    loss.backward()
+    assert model.decoder_pca_basis.grad is None  # fixed, not trained
+    # The basis is part of the state dict, so a checkpoint carries it; encoder exports drop it.
+    save_model(model, tmp_path / "mae.pt")
+    again = load_model(tmp_path / "mae.pt")
+    assert torch.equal(again.decoder_pca_basis, model.decoder_pca_basis)
+    assert torch.equal(again(imgs, noise=noise)[0], loss)
+    from mae_core.weights import export_timm_encoder
+
+    assert not any("pca" in k for k in export_timm_encoder(model))
+    # Pictures: coefficients back to pixels, the projection of each patch onto the basis.
+    perfect = model.pred_to_patches(coeffs, imgs)
+    assert perfect.shape == (2, 64, 48)
+    assert (perfect - patchify(imgs, 4)).norm() < (patchify(imgs, 4) - model.decoder_pca_mean).norm()
+
+
+def test_pca_target_refuses_to_train_without_a_basis():
+    model = build_model(MICRO, target="pca", pca_components=16)
+    with pytest.raises(RuntimeError, match="not estimated"):
+        model(torch.randn(2, 3, 32, 32))
+
+
+@pytest.mark.slow
+def test_pretraining_with_the_pca_target_estimates_the_basis_first(demo_shards, tmp_path):
+    """The engine fits the basis from the first training batches before step 0; the final
+    model file carries it, and reconstruction pictures go through it."""
+    from mae_core.engine import load_run_config, train
+    from mae_core.weights import load_model
+
+    cfg = load_run_config({
+        "task": "pretrain", "output_dir": str(tmp_path),
+        "model": {"name": MICRO, "target": "pca", "pca_components": 24},
+        "data": {"url": demo_shards, "img_size": 32, "batch_size": 16, "num_workers": 0, "shuffle_buffer": 64},
+        "optim": {"lr": 2e-3, "warmup_epochs": 0},
+        "train": {"epochs": 1, "max_steps": 4, "seed": 0},
+        "monitor": {"knn_every_epochs": None, "recon_every_epochs": None},
+    })
+    summary = train(cfg)
+    assert summary.final_step == 4
+    model = load_model(tmp_path / "final" / "mae.pt")
+    basis = model.decoder_pca_basis
+    assert basis.shape == (24, 48)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(24), atol=1e-4, rtol=0)
+    from mae_core.visualize import reconstruction_tensors
+
+    cols = reconstruction_tensors(model, torch.randn(2, 3, 32, 32))
+    assert cols["reconstruction"].shape == (2, 3, 32, 32) and torch.isfinite(cols["reconstruction"]).all()

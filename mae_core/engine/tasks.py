@@ -80,16 +80,43 @@ class PretrainTask(Task):
     def param_groups(self) -> list[dict]:
         from ..optim import param_groups_weight_decay
 
-        return param_groups_weight_decay(self.model, self.cfg.optim.weight_decay)
+        return param_groups_weight_decay(self.model, self.cfg.optim.weight_decay, decay_tokens=self.cfg.optim.decay_tokens)
 
     def loss(self, step_model, images, labels):
         c = self.model.config
         grid = self.model.patch_embed.grid(images.shape[-2], images.shape[-1])
         noise = make_noise(c.mask_strategy, images.shape[0], grid, c.mask_ratio, generator=self.mask_generator)
-        loss, _, _ = step_model(images, noise=noise.to(self.device))
+        # full_pred=False: the decoder head runs on the masked patches only, all the loss reads.
+        loss, _, _ = step_model(images, noise=noise.to(self.device), full_pred=False)
         return loss
 
+    def _fit_pca_target(self) -> None:
+        """Target 'pca': the basis from the first training batches, before step 0, with the
+        patch moments summed over ranks so that every rank gets the same basis."""
+        from ..data import build_loader
+        from ..patches import patchify
+        from ..targets import PCA_FIT_IMAGES, patch_moments, pca_from_moments
+        from .distributed import all_reduce_sum
+
+        c = self.model.config
+        if c.reconstruction_target != "pca" or bool(self.model.decoder_pca_basis.any()):
+            return  # not PCA, or the checkpoint it starts from carries the basis
+        loader = build_loader(self.cfg.data, split="train", mode=self.loader_mode, rank=self.env.rank,
+                              world_size=self.env.world_size, epoch=0, seed=self.cfg.train.seed)
+        moments, seen = None, 0
+        for images, _ in loader:
+            batch = patch_moments(patchify(images.float(), c.patch_size))
+            moments = batch if moments is None else tuple(a + b for a, b in zip(moments, batch))
+            seen += images.shape[0] * self.env.world_size
+            if seen >= PCA_FIT_IMAGES:
+                break
+        moments = [all_reduce_sum(m.to(self.device)).cpu() for m in moments]
+        self.model.set_pca_basis(*pca_from_moments(*moments, c.pca_components)[:2])
+        if self.env.is_main:
+            print(f"[maectl] target pca: {c.pca_components} components from {int(moments[0])} patches", flush=True)
+
     def start_of_training(self):
+        self._fit_pca_target()
         # The same architecture, same seed, before any step: what pretraining has to beat. Kept
         # in the task state, so a resumed run still reports it beside its final figures.
         if not (self.cfg.monitor.knn_every_epochs and self.cfg.monitor.baseline_at_init):
@@ -245,14 +272,19 @@ class FinetuneTask(ClassifierTask):
         return model
 
     def _mixing(self, f):
-        from torchvision.transforms import v2
+        """timm's Mixup/CutMix as the release uses them: per batch, mixup with probability 1 -
+        switch_prob else cutmix, lam corrected for the clipped box, label smoothing in the targets."""
+        if f.mixup <= 0 and f.cutmix <= 0:
+            return None
+        if self.cfg.data.batch_size % 2:
+            from ..structured import ConfigError
 
-        choices = []
-        if f.mixup > 0:
-            choices.append(v2.MixUp(alpha=f.mixup, num_classes=f.num_classes))
-        if f.cutmix > 0:
-            choices.append(v2.CutMix(alpha=f.cutmix, num_classes=f.num_classes))
-        return v2.RandomChoice(choices) if choices else None
+            raise ConfigError("data.batch_size", f"must be even with mixup/cutmix (timm mixes a batch with its reverse), "
+                                                 f"got {self.cfg.data.batch_size}")
+        from timm.data import Mixup
+
+        return Mixup(mixup_alpha=f.mixup, cutmix_alpha=f.cutmix, prob=f.mixup_prob, switch_prob=f.mixup_switch_prob,
+                     mode=f.mixup_mode, label_smoothing=f.label_smoothing, num_classes=f.num_classes)
 
     def param_groups(self):
         from ..optim import param_groups_lrd
@@ -265,10 +297,9 @@ class FinetuneTask(ClassifierTask):
         smoothing = self.cfg.finetune.label_smoothing
         num_classes = self.cfg.finetune.num_classes
         if self.mix is not None:
-            images, targets = self.mix(images, labels)
+            images, targets = self.mix(images, labels)  # soft targets, smoothing included (timm)
         else:
-            targets = F.one_hot(labels, num_classes).float()
-        targets = targets * (1 - smoothing) + smoothing / num_classes
+            targets = F.one_hot(labels, num_classes).float() * (1 - smoothing) + smoothing / num_classes
         logits = step_model(images)
         return torch.sum(-targets.to(logits.device) * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass
 from ..structured import ConfigError, bounded, from_dict
 
 MASK_STRATEGIES = ("random", "block", "grid")
+# Table 1d's reconstruction targets. "dvae" keeps the knob's slot: it needs DALL-E's tokenizer
+# weights, which cannot be fetched here, so a config naming it is refused.
+TARGETS = ("pixel", "norm_pixel", "pca", "dvae")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +40,15 @@ class MAEConfig:
     mask_token_in_encoder: bool = False
     loss_on_visible: bool = False
     fused_attn: bool = True
+    # What the decoder predicts per masked patch (mae_core/targets.py). `norm_pix_loss: true`, the
+    # older spelling, still means "norm_pixel"; `reconstruction_target` resolves the two.
+    target: str = "pixel"
+    # Principal components kept by target "pca" (the paper keeps 96 of a 16x16x3 patch's 768).
+    pca_components: int = bounded(96, ge=1, le=65536)
+
+    @property
+    def reconstruction_target(self) -> str:
+        return "norm_pixel" if self.norm_pix_loss else self.target
 
     def __post_init__(self):
         if self.img_size % self.patch_size:
@@ -45,6 +57,19 @@ class MAEConfig:
             close = difflib.get_close_matches(str(self.mask_strategy), MASK_STRATEGIES, n=1)
             raise ConfigError("mask_strategy", f"must be one of {', '.join(map(repr, MASK_STRATEGIES))}, got {self.mask_strategy!r}"
                               + (f"; did you mean {close[0]!r}?" if close else ""))
+        if self.target not in TARGETS:
+            close = difflib.get_close_matches(str(self.target), TARGETS, n=1)
+            raise ConfigError("target", f"must be one of {', '.join(map(repr, TARGETS))}, got {self.target!r}"
+                              + (f"; did you mean {close[0]!r}?" if close else ""))
+        if self.target == "dvae":
+            raise ConfigError("target", "'dvae' (Table 1d's DALL-E tokens) needs the DALL-E dVAE tokenizer's weights, "
+                                        "which maectl neither ships nor can fetch; use 'pixel', 'norm_pixel' or 'pca'")
+        if self.norm_pix_loss and self.target not in ("pixel", "norm_pixel"):
+            raise ConfigError("norm_pix_loss", f"true means target 'norm_pixel', which conflicts with target {self.target!r}; set one of them")
+        patch_dim = self.patch_size**2 * self.in_chans
+        if self.target == "pca" and self.pca_components > patch_dim:
+            raise ConfigError("pca_components", f"{self.pca_components} is more than a patch has dimensions "
+                                                f"({self.patch_size}x{self.patch_size}x{self.in_chans} = {patch_dim})")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ConfigError("mask_ratio", f"must be in [0, 1), got {self.mask_ratio}")
         for dim, heads in (("embed_dim", "num_heads"), ("decoder_embed_dim", "decoder_num_heads")):

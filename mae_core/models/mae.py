@@ -10,8 +10,9 @@ import torch
 import torch.nn as nn
 
 from ..masking import MaskedIndices, make_noise, masking_from_noise
-from ..patches import masked_mse, normalize_patches, patchify
+from ..patches import patchify
 from ..pos_embed import resample_pos_embed, sincos_2d
+from ..targets import make_target, target_dim, target_to_patches
 from .config import MAEConfig
 from .vit import Block, PatchEmbed, init_patch_embed, init_vit_weights, layer_norm
 
@@ -51,7 +52,14 @@ class MaskedAutoencoderViT(nn.Module):
             for _ in range(c.decoder_depth)
         )
         self.decoder_norm = layer_norm(c.decoder_embed_dim)
-        self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_size**2 * c.in_chans)
+        patch_dim = c.patch_size**2 * c.in_chans
+        self.decoder_pred = nn.Linear(c.decoder_embed_dim, target_dim(c.reconstruction_target, patch_dim, c.pca_components))
+        if c.reconstruction_target == "pca":
+            # The PCA target's basis, estimated from data before the first step (`set_pca_basis`).
+            # Buffers, so checkpoints carry it; `decoder_` names, so encoder exports drop it.
+            self.register_buffer("decoder_pca_mean", torch.zeros(patch_dim))
+            self.register_buffer("decoder_pca_basis", torch.zeros(c.pca_components, patch_dim))
+            self._pca_checked = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -96,8 +104,12 @@ class MaskedAutoencoderViT(nn.Module):
             x = block(x)
         return self.norm(x), masked
 
-    def forward_decoder(self, latent: torch.Tensor, masked: MaskedIndices, grid: tuple[int, int]) -> torch.Tensor:
-        """latent (N, 1 + K, D) -> per-patch pixel predictions (N, L, p*p*C)."""
+    def forward_decoder(
+        self, latent: torch.Tensor, masked: MaskedIndices, grid: tuple[int, int], only_removed: bool = False
+    ) -> torch.Tensor:
+        """latent (N, 1 + K, D) -> per-patch predictions (N, L, T) in target space (T = p*p*C, or
+        the PCA components). only_removed: predict just the removed patches, (N, L - K, T) in the
+        order of `masked.ids_removed`: all that the loss on masked patches reads."""
         x = self.decoder_embed(latent)  # (N, 1 + K, Dd)
         n, _, dim = x.shape
         length = masked.ids_restore.shape[1]
@@ -110,30 +122,80 @@ class MaskedAutoencoderViT(nn.Module):
         x = x + self._pos_embed_for(self.decoder_pos_embed, grid)
         for block in self.decoder_blocks:
             x = block(x)
-        x = self.decoder_pred(self.decoder_norm(x))
-        return x[:, 1:]
+        x = x[:, 1:]  # (N, L, Dd); norm and head act per token, so dropping tokens first is exact
+        if only_removed:
+            x = torch.gather(x, 1, masked.ids_removed.unsqueeze(-1).expand(-1, -1, dim))  # (N, L - K, Dd)
+        return self.decoder_pred(self.decoder_norm(x))
+
+    # -- targets -------------------------------------------------------------------------
+    def _pca(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.config.reconstruction_target != "pca":
+            return None
+        if not self._pca_checked:
+            # Checked once (one host sync): an all-zero basis would train towards zeros silently.
+            if not bool(self.decoder_pca_basis.any()):
+                raise RuntimeError("target 'pca': the PCA basis is not estimated yet; call set_pca_basis() "
+                                   "(the pretraining task does, from the first training batches)")
+            self._pca_checked = True
+        return self.decoder_pca_mean, self.decoder_pca_basis
+
+    @torch.no_grad()
+    def set_pca_basis(self, mean: torch.Tensor, basis: torch.Tensor) -> None:
+        """mean (P,), basis (K, P) from `targets.pca_from_moments`."""
+        self.decoder_pca_mean.copy_(mean)
+        self.decoder_pca_basis.copy_(basis)
+        self._pca_checked = False
 
     def reconstruction_target(self, imgs: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, L, p*p*C): raw or per-patch normalised pixels."""
-        target = patchify(imgs, self.config.patch_size)
-        return normalize_patches(target) if self.config.norm_pix_loss else target
+        """(N, C, H, W) -> (N, L, T): raw or per-patch normalised pixels, or PCA coefficients."""
+        return make_target(self.config.reconstruction_target, patchify(imgs, self.config.patch_size), self._pca())
 
-    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """imgs (N, C, H, W), pred (N, L, p*p*C), mask (N, L) -> scalar loss."""
+    def pred_to_patches(self, pred: torch.Tensor, imgs: torch.Tensor) -> torch.Tensor:
+        """pred (N, L, T) in target space -> pixels (N, L, p*p*C), for pictures; `imgs` (N, C, H, W)
+        gives each patch's mean and std, which the norm-pixel target removed."""
+        patches = patchify(imgs.float(), self.config.patch_size)
+        return target_to_patches(self.config.reconstruction_target, pred.float(), patches, self._pca())
+
+    def forward_loss(
+        self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, ids_removed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """imgs (N, C, H, W), pred (N, L, T), mask (N, L) -> scalar loss: per-patch MSE, averaged
+        over the masked patches (or all, with loss_on_visible).
+
+        With `ids_removed` (N, M), pred is (N, M, T) for just those patches; their per-patch errors
+        are put back in place, so the sum runs over the same (N, L) layout in the same order as
+        with full predictions, and the loss is the same to the bit.
+        """
         # The target and the loss stay in float32 under autocast: per-patch variances of
         # bf16 pixels are too coarse for the norm-pix target.
-        target = self.reconstruction_target(imgs.float())
-        return masked_mse(pred.float(), target, None if self.config.loss_on_visible else mask)
+        patches = patchify(imgs.float(), self.config.patch_size)
+        if ids_removed is not None:
+            patches = torch.gather(patches, 1, ids_removed.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        target = make_target(self.config.reconstruction_target, patches, self._pca())
+        per_patch = (pred.float() - target).pow(2).mean(dim=-1)  # (N, L) or (N, M)
+        if ids_removed is not None:
+            per_patch = torch.zeros_like(mask, dtype=per_patch.dtype).scatter(1, ids_removed, per_patch)
+        if self.config.loss_on_visible:
+            return per_patch.mean()
+        return (per_patch * mask).sum() / mask.sum()
 
     def forward(
-        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None
+        self, imgs: torch.Tensor, mask_ratio: float | None = None, noise: torch.Tensor | None = None,
+        *, full_pred: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """imgs (N, C, H, W) -> (loss scalar, pred (N, L, p*p*C), mask (N, L) with 1 = removed)."""
+        """imgs (N, C, H, W) -> (loss scalar, pred (N, L, T) in target space, mask (N, L) with 1 = removed).
+
+        full_pred=False (training): the decoder head runs on the removed patches only, and pred
+        is (N, L - K, T) in the order of their ids; the loss is the same. With loss_on_visible
+        every patch is predicted either way.
+        """
         ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         latent, masked = self.forward_encoder(imgs, ratio, noise)
         grid = self.patch_embed.grid(imgs.shape[-2], imgs.shape[-1])
-        pred = self.forward_decoder(latent, masked, grid)
-        return self.forward_loss(imgs, pred, masked.mask), pred, masked.mask
+        only_removed = not full_pred and not self.config.loss_on_visible
+        pred = self.forward_decoder(latent, masked, grid, only_removed=only_removed)
+        loss = self.forward_loss(imgs, pred, masked.mask, masked.ids_removed if only_removed else None)
+        return loss, pred, masked.mask
 
     # -- downstream ----------------------------------------------------------------------
     @torch.no_grad()
