@@ -86,10 +86,37 @@ class PretrainTask(Task):
         c = self.model.config
         grid = self.model.patch_embed.grid(images.shape[-2], images.shape[-1])
         noise = make_noise(c.mask_strategy, images.shape[0], grid, c.mask_ratio, generator=self.mask_generator)
-        loss, _, _ = step_model(images, noise=noise.to(self.device))
+        # full_pred=False: the decoder head runs on the masked patches only, all the loss reads.
+        loss, _, _ = step_model(images, noise=noise.to(self.device), full_pred=False)
         return loss
 
+    def _fit_pca_target(self) -> None:
+        """Target 'pca': the basis from the first training batches, before step 0, with the
+        patch moments summed over ranks so that every rank gets the same basis."""
+        from ..data import build_loader
+        from ..patches import patchify
+        from ..targets import PCA_FIT_IMAGES, patch_moments, pca_from_moments
+        from .distributed import all_reduce_sum
+
+        c = self.model.config
+        if c.reconstruction_target != "pca" or bool(self.model.decoder_pca_basis.any()):
+            return  # not PCA, or the checkpoint it starts from carries the basis
+        loader = build_loader(self.cfg.data, split="train", mode=self.loader_mode, rank=self.env.rank,
+                              world_size=self.env.world_size, epoch=0, seed=self.cfg.train.seed)
+        moments, seen = None, 0
+        for images, _ in loader:
+            batch = patch_moments(patchify(images.float(), c.patch_size))
+            moments = batch if moments is None else tuple(a + b for a, b in zip(moments, batch))
+            seen += images.shape[0] * self.env.world_size
+            if seen >= PCA_FIT_IMAGES:
+                break
+        moments = [all_reduce_sum(m.to(self.device)).cpu() for m in moments]
+        self.model.set_pca_basis(*pca_from_moments(*moments, c.pca_components)[:2])
+        if self.env.is_main:
+            print(f"[maectl] target pca: {c.pca_components} components from {int(moments[0])} patches", flush=True)
+
     def start_of_training(self):
+        self._fit_pca_target()
         # The same architecture, same seed, before any step: what pretraining has to beat. Kept
         # in the task state, so a resumed run still reports it beside its final figures.
         if not (self.cfg.monitor.knn_every_epochs and self.cfg.monitor.baseline_at_init):
