@@ -266,7 +266,10 @@ class FinetuneTask(ClassifierTask):
         from ..models.classifier import classifier_from_mae
 
         f = self.cfg.finetune
-        model = classifier_from_mae(self.cfg.model_config(), num_classes=f.num_classes, global_pool=f.global_pool, drop_path=f.drop_path)
+        # Built for the data's resolution (448 for the ViT-H recipe), so that load_pretrained
+        # resamples the 224 px pos_embed once, at load, rather than every forward doing it.
+        model = classifier_from_mae(self.cfg.model_config(), num_classes=f.num_classes, global_pool=f.global_pool,
+                                    drop_path=f.drop_path, img_size=self.cfg.data.img_size)
         self._load_pretrained(model)
         self.mix = self._mixing(f)
         return model
@@ -311,7 +314,8 @@ class LinearProbeTask(ClassifierTask):
         from ..models.classifier import classifier_from_mae
 
         model = classifier_from_mae(
-            self.cfg.model_config(), num_classes=self.cfg.finetune.num_classes, global_pool="token", drop_path=0.0
+            self.cfg.model_config(), num_classes=self.cfg.finetune.num_classes, global_pool="token", drop_path=0.0,
+            img_size=self.cfg.data.img_size,
         )
         self._load_pretrained(model)
         head = model.head
