@@ -11,7 +11,7 @@ from . import __version__
 from .errors import UsageError
 
 # Module names under orchestrator.commands, in the order they appear in --help.
-COMMAND_MODULES = ["demo", "submit", "sweep", "show", "list_", "status", "logs", "cancel", "data", "model", "site"]
+COMMAND_MODULES = ["demo", "submit", "sweep", "show", "list_", "status", "logs", "cancel", "report", "data", "model", "site"]
 
 
 def build_parser() -> argparse.ArgumentParser:

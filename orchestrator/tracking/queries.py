@@ -51,15 +51,20 @@ def job_run(uri: str, output_dir: str, *, timeout_s: float = READ_TIMEOUT_S) -> 
     return run_view(uri, run_id, timeout_s=timeout_s) if run_id else None
 
 
-def _search(client, experiment: str, filter_string: str, limit: int = 1000) -> list[RunView]:
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
+def _search(client, experiment: str | None, filter_string: str, limit: int = 1000) -> list[RunView]:
+    if experiment is None:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    else:
+        found = client.get_experiment_by_name(experiment)
+        ids = [found.experiment_id] if found is not None else []
+    if not ids:
         return []
-    return [_view(r) for r in client.search_runs([found.experiment_id], filter_string=filter_string, max_results=limit)]
+    return [_view(r) for r in client.search_runs(ids, filter_string=filter_string, max_results=limit)]
 
 
-def runs_tagged(uri: str, experiment: str, key: str, values: list[str], *, timeout_s: float = 10.0) -> list[RunView]:
-    """Runs of `experiment` whose tag `key` is one of `values` (e.g. handle = local-3f9a2c)."""
+def runs_tagged(uri: str, experiment: str | None, key: str, values: list[str], *, timeout_s: float = 10.0) -> list[RunView]:
+    """Runs of `experiment` (None: of every experiment) whose tag `key` is one of `values`
+    (e.g. handle = local-3f9a2c)."""
     quoted = ", ".join("'" + v.replace("'", "") + "'" for v in values)
     return call_with_timeout(lambda: _search(client_for(uri), experiment, f"tags.`{key}` IN ({quoted})"), timeout_s, "search runs")
 
