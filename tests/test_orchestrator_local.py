@@ -70,7 +70,7 @@ def wait_for(store: JobStore, handle: str, states: set[JobState], timeout: float
 def test_detached_two_ranks_status_logs_complete(tmp_path, demo_shards, monkeypatch):
     env = clean_env(tmp_path)
     monkeypatch.setenv("MAECTL_HOME", env["MAECTL_HOME"])
-    result = maectl(["submit", tiny_job(tmp_path, demo_shards, ranks=2)], env)
+    result = maectl(["submit", tiny_job(tmp_path, demo_shards, ranks=2), "--backend", "local"], env)
     assert result.returncode == 0, result.stderr
     handle = submitted_handle(result.stdout)
     store = JobStore(Path(env["MAECTL_HOME"]) / "jobs.db")
@@ -95,7 +95,7 @@ def test_detached_two_ranks_status_logs_complete(tmp_path, demo_shards, monkeypa
 def test_cancel_stops_the_process_group(tmp_path, demo_shards, monkeypatch):
     env = clean_env(tmp_path)
     monkeypatch.setenv("MAECTL_HOME", env["MAECTL_HOME"])
-    result = maectl(["submit", tiny_job(tmp_path, demo_shards, epochs=200)], env)
+    result = maectl(["submit", tiny_job(tmp_path, demo_shards, epochs=200), "--backend", "local"], env)
     assert result.returncode == 0, result.stderr
     handle = submitted_handle(result.stdout)
     store = JobStore(Path(env["MAECTL_HOME"]) / "jobs.db")

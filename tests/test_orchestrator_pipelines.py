@@ -53,7 +53,8 @@ finetune: {{num_classes: 10, global_pool: token, mixup: 0.0, cutmix: 0.0, label_
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("MAECTL_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MAECTL_OUTPUT_ROOT", str(tmp_path / "out"))
-    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "MLFLOW_TRACKING_URI", "MAECTL_JOBS_PATH"):
+    # SLURM_CONF / RAY_ADDRESS unset: no SLURM or Ray is detected, the default backend is local here.
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "MLFLOW_TRACKING_URI", "MAECTL_JOBS_PATH", "SLURM_CONF", "RAY_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 
@@ -101,7 +102,7 @@ def test_followups_are_prepared_with_the_final_checkpoint_and_the_pretrainings_e
 
 def test_a_followup_that_cannot_load_the_encoder_stops_the_submission(tmp_path, demo_shards):
     pretrain_file, linprobe_file = write_pipeline(tmp_path, demo_shards, then=str(tmp_path / "tiny-linprobe.yaml"), model="mae_vit_base_patch16")
-    result = maectl(["submit", pretrain_file], clean_env(tmp_path))
+    result = maectl(["submit", pretrain_file, "--backend", "local"], clean_env(tmp_path))
     assert result.returncode == 2, result.stdout + result.stderr
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith(f"maectl: error: {pretrain_file}: pipeline.then[0] ({linprobe_file}): {linprobe_file}: model.name: ")
@@ -186,7 +187,7 @@ def test_local_pretrain_then_linprobe_reports_to_the_pretraining(tmp_path, demo_
     pretrain_file, _ = write_pipeline(tmp_path, demo_shards, then=str(tmp_path / "tiny-linprobe.yaml"), tracking=True)
     experiment = f"tiny-pipeline-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
-    result = maectl(["submit", pretrain_file, f"tracking.uri={mlflow_tracking_uri}", f"tracking.experiment={experiment}", "--wait"],
+    result = maectl(["submit", pretrain_file, f"tracking.uri={mlflow_tracking_uri}", f"tracking.experiment={experiment}", "--backend", "local", "--wait"],
                     env, timeout=400)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr

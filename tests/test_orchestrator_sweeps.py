@@ -24,7 +24,8 @@ from tests.test_orchestrator_cli import assert_no_secrets, clean_env, jobs_recor
 def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("MAECTL_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MAECTL_OUTPUT_ROOT", str(tmp_path / "out"))
-    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "MLFLOW_TRACKING_URI", "MAECTL_JOBS_PATH"):
+    # SLURM_CONF / RAY_ADDRESS unset: no SLURM or Ray is detected, the default backend is local here.
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "MLFLOW_TRACKING_URI", "MAECTL_JOBS_PATH", "SLURM_CONF", "RAY_ADDRESS"):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 
@@ -109,7 +110,7 @@ def test_real_plan_gives_each_point_its_own_handle_and_output(isolated, demo_sha
 
 def test_a_bad_point_stops_the_sweep_before_anything_is_submitted(tmp_path, demo_shards):
     job = tiny_sweep(tmp_path, demo_shards)
-    result = maectl(["sweep", job, "model.mask_ratio=0.5,1.5", "train.epochs=1"], clean_env(tmp_path))
+    result = maectl(["sweep", job, "model.mask_ratio=0.5,1.5", "train.epochs=1", "--backend", "local"], clean_env(tmp_path))
     assert result.returncode == 2, result.stdout + result.stderr
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("maectl: error: sweep point 2/2 (model.mask_ratio=1.5): ") and "model.mask_ratio:" in message
@@ -232,7 +233,7 @@ def test_local_sweep_one_parent_run_and_a_child_per_point(tmp_path, demo_shards,
     experiment = f"tiny-sweep-{uuid.uuid4().hex[:8]}"  # the server outlives test sessions
     job = tiny_sweep(tmp_path, demo_shards, "sweep: {model.mask_ratio: [0.5, 0.9]}\n", tracking=True)
     started = time.monotonic()
-    result = maectl(["sweep", job, "model.decoder_depth=1", f"tracking.uri={mlflow_tracking_uri}", f"tracking.experiment={experiment}", "--wait"],
+    result = maectl(["sweep", job, "model.decoder_depth=1", f"tracking.uri={mlflow_tracking_uri}", f"tracking.experiment={experiment}", "--backend", "local", "--wait"],
                     env, timeout=400)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
