@@ -20,7 +20,7 @@ from pathlib import Path
 from .errors import UsageError
 
 TASK_LABELS = {"linprobe": "linear probe", "finetune": "fine-tune"}
-LOSS_METRIC = "epoch/loss"  # the last epoch's mean training loss
+LOSS_METRICS = ("epoch/loss", "train/loss")  # the last epoch's mean training loss; else the last step's
 TOP1_METRIC = "eval/top1"  # a follow-up's final top-1 (%)
 REPORT_ARTIFACT_DIR = "report"
 # Params that differ between any two jobs and say nothing about the experiment.
@@ -62,7 +62,7 @@ class Report:
     def markdown(self) -> str:
         lines = [f"### {self.title}", "", "| " + " | ".join(self.header()) + " |", "|" + "---|" * len(self.header())]
         lines += ["| " + " | ".join(self.cells(row, i)) + " |" for i, row in enumerate(self.rows)]
-        lines += ["", f"pretrain loss: the last epoch's mean `{LOSS_METRIC}`; top-1: each follow-up's final `{TOP1_METRIC}` (%)."]
+        lines += ["", f"pretrain loss: the last epoch's mean `{LOSS_METRICS[0]}` (else the last `{LOSS_METRICS[1]}`); top-1: each follow-up's final `{TOP1_METRIC}` (%)."]
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
@@ -162,6 +162,10 @@ def real_uri(stored: str | None, given: str | None = None) -> str:
     return stored
 
 
+def _final_loss(run) -> float | None:
+    return next((run.metrics[k] for k in LOSS_METRICS if k in run.metrics), None)
+
+
 def _followup_columns(followups) -> tuple[dict[str, str], list[str]]:
     """stage -> column label, and the columns in order (linear probe, fine-tune, others)."""
     kinds: dict[str, set[str]] = {}
@@ -185,7 +189,7 @@ def _rows(points, followups, keys: list[str], values_of) -> tuple[list[Row], lis
     rows = []
     for run in points:
         handle = run.tags.get("handle", run.name)
-        row = Row(handle=handle, values=values_of(run), status=run.status, final_loss=run.metrics.get(LOSS_METRIC), run_id=run.run_id)
+        row = Row(handle=handle, values=values_of(run), status=run.status, final_loss=_final_loss(run), run_id=run.run_id)
         for follow in followups:
             if follow.tags.get("pipeline.after") != handle:
                 continue

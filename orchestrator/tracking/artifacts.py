@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 
 import fsspec
 from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -107,7 +108,9 @@ def dataset_inputs(data: dict, splits=DATASET_SPLITS) -> list[DatasetInput]:
             manifest = read_manifest(url, split, storage_options=options)
         except ManifestError:
             continue  # e.g. no val split: nothing to record
-        source = resolve_dataset_source(scrub_text(url.split("{")[0].rstrip("/") or url))
+        with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways": both are the same class
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(scrub_text(url.split("{")[0].rstrip("/") or url))
         profile = {"split": split, "num_samples": manifest.num_samples, "num_classes": manifest.num_classes,
                    "num_shards": len(manifest.shards)}
         dataset = ShardDataset(source, name=f"{url.rstrip('/').rsplit('/', 1)[-1] or url}:{split}",
