@@ -16,6 +16,15 @@ from urllib.parse import urlparse
 
 # Shards are read front to back; large blocks keep S3 round trips few.
 REMOTE_READ_BLOCK = 16 * 1024 * 1024
+# How long the S3 client waits on a server that stops answering, before the shard reader's own
+# retries (reader.iter_shard: re-open the shard, pauses doubling from DataConfig.retry_delay_s)
+# take over. A request waits up to read_timeout for a reply; s3fs makes S3_CLIENT_ATTEMPTS of it
+# (botocore's own retries are off, so the layers do not multiply). With the defaults (3 re-reads
+# from 1 s) a shard waits out a silent server for ~3.5 min (4 x 2 x 25 s + 7 s) before its samples
+# are given up (skipped and counted); a 60 s stall costs ~60 s and loses nothing
+# (docs/reliability.md). Explicit storage_options override these.
+S3_CLIENT_ATTEMPTS = 2
+S3_CLIENT_CONFIG = {"connect_timeout": 10, "read_timeout": 25, "retries": {"total_max_attempts": 1}}
 
 
 def is_remote(url: str) -> bool:
@@ -43,7 +52,15 @@ def filesystem(url: str, storage_options: dict | None = None):
     """(fsspec filesystem, path inside it) for a remote URL."""
     import fsspec.core
 
-    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    options = dict(storage_options or {})
+    if urlparse(url).scheme not in ("s3", "s3a"):
+        return fsspec.core.url_to_fs(url, **options)
+    # Copies: botocore rewrites the retries dict it is given.
+    defaults = {key: dict(value) if isinstance(value, dict) else value for key, value in S3_CLIENT_CONFIG.items()}
+    options["config_kwargs"] = {**defaults, **options.get("config_kwargs", {})}
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    fs.retries = S3_CLIENT_ATTEMPTS  # a class attribute of s3fs's, not a constructor option
+    return fs, path
 
 
 @contextmanager

@@ -8,6 +8,7 @@ See plan.py for how shards are split across ranks and workers, and docs/data.md.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import random
@@ -23,11 +24,13 @@ from .errors import DataError
 from .io import register_webdataset_s3
 from .manifest import Manifest, read_manifest
 from .plan import AUGMENT, LOADER, SAMPLE_BUFFER, EpochPlan, derive_seed, plan_epoch
-from .reader import image_bytes, iter_shard, parse_label
+from .reader import UNREADABLE, image_bytes, iter_shard, parse_label
 from .transforms import TRAINING_MODES, BatchTransform, SampleTransform, check_mode
 
 log = logging.getLogger(__name__)
 
+# Skipped batches (resume) kept undecoded in case a batch needs their samples (see _donors).
+DONOR_CANDIDATES = 2
 IGNORE_LABEL = -1  # eval padding and eval's unreadable samples: not a class, leave out of metrics
 # Samples the shuffle buffer collects before it starts yielding (webdataset's default warm-up).
 SHUFFLE_INITIAL = 100
@@ -151,6 +154,11 @@ class _StreamReader:
         self.quota = owner.plan.stream_batches(owner.rank, stream)
         self.sample_transform = SampleTransform(owner.cfg, owner.mode)
         self.batch_transform = BatchTransform(owner.cfg, owner.mode)
+        # The donors of a batch that has no readable sample at all (see _fill): the readable
+        # samples of the latest batch that had any. After a resume, until a batch has been
+        # decoded: the last skipped batches with real samples, (group, index), decoded if needed.
+        self._donor_good: list | None = None
+        self._skipped_real: collections.deque = collections.deque(maxlen=DONOR_CANDIDATES)
 
     def batches(self, first: int):
         groups = wds.batched(self.plan.batch_size, collation_fn=None, partial=not self.training)(self._samples())
@@ -159,6 +167,8 @@ class _StreamReader:
             produced += 1
             if index >= first:  # earlier batches are dropped undecoded (resume)
                 yield self._make_batch(group, index)
+            elif _has_real_samples(group):  # decoded only if a batch needs donors
+                self._skipped_real.append((group, index))
         if self.training and produced < self.quota:
             names = ", ".join(part.shard.name for part in self.segments)
             raise DataError(
@@ -168,8 +178,12 @@ class _StreamReader:
 
     def _samples(self):
         samples = itertools.chain.from_iterable(
+            # A shard still unreadable after the retries (truncated, gone) yields stand-ins for the
+            # samples it could not deliver: they are skipped and counted like corrupt images, and
+            # the batch plan (equal batches on every rank) holds.
             iter_shard(self.manifest.shard_url(part.shard), expected=part.shard.count, start=part.start, stop=part.stop,
-                       storage_options=self.cfg.storage_options, retries=self.cfg.shard_retries, delay_s=self.cfg.retry_delay_s)
+                       storage_options=self.cfg.storage_options, retries=self.cfg.shard_retries, delay_s=self.cfg.retry_delay_s,
+                       skip_unreadable=True)
             for part in self.segments
         )
         if self.training and self.cfg.shuffle_buffer > 1:
@@ -181,17 +195,25 @@ class _StreamReader:
         # Seeded per batch, so a resumed stream augments batch k exactly as the first run did;
         # fork_rng keeps the training loop's own generator untouched when num_workers == 0.
         with torch.random.fork_rng(devices=[]), _single_threaded():
-            torch.manual_seed(derive_seed(self.seed, self.epoch, self.stream_id, index, AUGMENT))
-            decoded = [self._decode(sample) for sample in group]
+            decoded = self._decode_group(group, index)
             good = [d for d in decoded if d is not None]
             skipped = len(decoded) - len(good)
             if skipped:
                 decoded = self._fill(decoded, group)
+            if good:
+                self._donor_good = good
+                self._skipped_real.clear()
             images = self.batch_transform(torch.stack([image for image, _ in decoded]))
         labels = torch.tensor([label for _, label in decoded], dtype=torch.int64)
         return images, labels, skipped
 
+    def _decode_group(self, group: list[dict], index: int) -> list:
+        torch.manual_seed(derive_seed(self.seed, self.epoch, self.stream_id, index, AUGMENT))
+        return [self._decode(sample) for sample in group]
+
     def _decode(self, sample: dict) -> tuple[torch.Tensor, int] | None:
+        if UNREADABLE in sample:  # a stand-in for a sample of an unreadable shard (logged by the reader)
+            return None
         try:
             label = parse_label(sample, self.manifest.num_classes)
             return self.sample_transform(image_bytes(sample)), label
@@ -201,16 +223,38 @@ class _StreamReader:
 
     def _fill(self, decoded: list, group: list[dict]) -> list:
         """Training: each unreadable slot takes the next good sample of the batch, so batch sizes
-        and batch boundaries stay as planned (resume stays exact). Eval: a blank, label -1."""
+        and batch boundaries stay as planned (resume stays exact). A batch with no readable sample
+        (the rest of a truncated shard, unshuffled) takes those of the latest batch that had real
+        samples; when that has none readable either, the data is too damaged to go on. Eval: a
+        blank, label -1."""
         if not self.training:
             blank = (torch.zeros(3, self.cfg.img_size, self.cfg.img_size, dtype=torch.uint8), IGNORE_LABEL)
             return [d if d is not None else blank for d in decoded]
         good_slots = [i for i, d in enumerate(decoded) if d is not None]
         if not good_slots:
-            keys = ", ".join(str(s.get("__key__")) for s in group[:5])
-            raise DataError(f"every sample of a batch is unreadable (keys {keys}, ... in {group[0].get('__url__')}); run `maectl data verify`")
+            donors = self._donors()
+            if not donors:
+                keys = ", ".join(str(s.get("__key__")) for s in group[:5])
+                raise DataError(f"every sample of a batch and of the batch before it is unreadable (keys {keys}, ... in "
+                                f"{group[0].get('__url__')}); run `maectl data verify`")
+            return [donors[i % len(donors)] for i in range(len(decoded))]
         n = len(decoded)
         return [d if d is not None else decoded[min(good_slots, key=lambda j: (j - i) % n)] for i, d in enumerate(decoded)]
+
+    def _donors(self) -> list:
+        """The readable samples of the latest earlier batch that had any. After a resume, the
+        skipped batches with real samples are decoded (each with its own augmentation seed), latest
+        first, until one has: the same samples as in the first run, unless more than
+        DONOR_CANDIDATES such batches in a row were unreadable (then this raises where the first
+        run borrowed from further back). A truncated member is one such batch."""
+        with torch.random.fork_rng(devices=[]):  # the current batch's random stream goes on untouched
+            while not self._donor_good and self._skipped_real:
+                self._donor_good = [d for d in self._decode_group(*self._skipped_real.pop()) if d is not None]
+        return self._donor_good or []
+
+
+def _has_real_samples(group: list[dict]) -> bool:
+    return any(UNREADABLE not in sample for sample in group)
 
 
 # Users of wds.WebDataset beside our loader get s3:// URLs too (webdataset 1.0.2 has no handler).

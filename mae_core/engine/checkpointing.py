@@ -20,6 +20,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 FORMAT = "maectl.train/1"
 _NAME = re.compile(r"checkpoint-(\d{9})\.pt$")
+# A local save's temporary file; one left behind is a save killed before its rename.
+_PARTIAL = re.compile(r"checkpoint-\d{9}\.pt\.tmp-[0-9a-f]{32}$")
 
 
 class CheckpointError(RuntimeError):
@@ -93,6 +95,7 @@ class CheckpointManager:
         return url
 
     def _prune(self) -> None:
+        self._remove_partial_saves()
         found = self.list()
         keep = {c.step for c in found[-self.keep_last :]}
         for info in found:
@@ -105,6 +108,16 @@ class CheckpointManager:
             sidecar = fsspec.core.url_to_fs(info.path + ".milestone")[1]
             if self.fs.exists(sidecar):
                 self.fs.rm(sidecar)
+
+    def _remove_partial_saves(self) -> None:
+        """Temporary files of saves killed mid-write (SIGKILL, node loss): never listed, never
+        loaded, but each as large as a checkpoint. Only the main rank saves, one save at a time,
+        so any such file seen after a completed save is an orphan."""
+        if not isinstance(self.fs, LocalFileSystem):
+            return  # S3: a killed upload leaves no object behind
+        for name in self.fs.ls(self.root, detail=False):
+            if _PARTIAL.search(name):
+                self.fs.rm(name)
 
     def _is_milestone(self, info: CheckpointInfo) -> bool:
         # Milestones are marked in the name-independent sidecar written at save time.
