@@ -65,8 +65,12 @@ def _search(client, experiment: str | None, filter_string: str, limit: int = 100
 def runs_tagged(uri: str, experiment: str | None, key: str, values: list[str], *, timeout_s: float = 10.0) -> list[RunView]:
     """Runs of `experiment` (None: of every experiment) whose tag `key` is one of `values`
     (e.g. handle = local-3f9a2c)."""
-    quoted = ", ".join("'" + v.replace("'", "") + "'" for v in values)
-    return call_with_timeout(lambda: _search(client_for(uri), experiment, f"tags.`{key}` IN ({quoted})"), timeout_s, "search runs")
+    def search() -> list[RunView]:
+        client = client_for(uri)
+        # MLflow's filter has no OR and no IN for tags: one search per value.
+        return [run for value in values for run in _search(client, experiment, f"tags.`{key}` = '{value.replace(chr(39), '')}'")]
+
+    return call_with_timeout(search, timeout_s, "search runs")
 
 
 @dataclass(frozen=True)
