@@ -278,8 +278,8 @@ def test_cancel_stops_the_job_and_marks_the_run_killed(ray_job_env):
 @pytest.mark.integration
 def test_a_failing_job_ends_failed(ray_job_env):
     # Valid for maectl, fails on every rank at the same step, after rank 0 opened its MLflow run:
-    # a learning rate that makes the loss non-finite. (Restarts themselves: the kill test.)
-    record = _submit([*ray_job_env["overrides"], "train.epochs=1", "optim.lr=1.0e+30", "optim.warmup_epochs=0",
+    # a learning rate that makes the loss non-finite (100, the largest lr maectl accepts: nan by step 3). (Restarts: the kill test.)
+    record = _submit([*ray_job_env["overrides"], "train.epochs=1", "optim.lr=100", "optim.warmup_epochs=0",
                       "ray.max_failures=0"])
     status = _wait(record, {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}, timeout=150)
     log = _log(record)
