@@ -86,6 +86,9 @@ class ShardDataset(MetaDataset):
     def profile(self):
         return self._profile
 
+    def to_dict(self) -> dict[str, str]:
+        return {**super().to_dict(), "profile": self._profile}  # MLflow's MetaDataset leaves the profile out
+
 
 def manifest_digest(manifest) -> str:
     """16 hex digits over what defines the data: every shard's name, sample count and sha256."""
