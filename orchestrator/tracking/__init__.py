@@ -11,7 +11,7 @@ Who may do what:
 | who | calls | module |
 |---|---|---|
 | the task-side runner (rank 0) | `open_run(spec, output_dir)` -> sink; `sink.close(outcome)` | run.py |
-| a launcher whose ranks die unclosed (Ray driver, SLURM wrapper) | `end_job_run(spec, status_for_exit(code))` | lifecycle.py |
+| a launcher whose ranks die unclosed (Ray driver, a supervisor that sees the runner killed) | `end_job_run(spec, status_for_exit(code))` | lifecycle.py |
 | `maectl cancel` | `cancel_job_run(spec)` after the backend's cancel | lifecycle.py |
 | `maectl sweep` | `start_sweep_run(...)`; `end_sweep_run(...)` when a sweep is cancelled | lifecycle.py |
 | `maectl status`, `list`, `logs`, `report` | read only: `job_run`, `run_view`, `runs_tagged`, `sweep_runs` (short timeouts) | queries.py |
@@ -28,12 +28,12 @@ pretraining's run, to which a follow-up that finishes copies its final accuracie
 """
 
 from ._common import MAX_PARAM_VALUE, PARENT_TAG, REPORTED_METRICS, RUN_ID_FILE, TrackingTimeout, flatten_params, run_id_of
-from .lifecycle import cancel_job_run, close_sweep_run_if_done, end_job_run, end_run_if_running, end_sweep_run, log_report, start_sweep_run, status_for_exit
+from .lifecycle import cancel_job_run, close_sweep_run_if_done, end_job_run, end_sweep_run, log_report, start_sweep_run, status_for_exit
 from .queries import READ_TIMEOUT_S, RunView, job_run, run_view, runs_tagged, sweep_runs
 from .run import MLflowSink, open_run
 
 __all__ = [
     "MAX_PARAM_VALUE", "PARENT_TAG", "READ_TIMEOUT_S", "REPORTED_METRICS", "RUN_ID_FILE", "MLflowSink", "RunView", "TrackingTimeout",
-    "cancel_job_run", "close_sweep_run_if_done", "end_job_run", "end_run_if_running", "end_sweep_run", "flatten_params", "job_run",
+    "cancel_job_run", "close_sweep_run_if_done", "end_job_run", "end_sweep_run", "flatten_params", "job_run",
     "log_report", "open_run", "run_id_of", "run_view", "runs_tagged", "start_sweep_run", "status_for_exit", "sweep_runs",
 ]

@@ -80,13 +80,6 @@ def cancel_job_run(spec, *, timeout_s: float = WRITE_TIMEOUT_S) -> str | None:
     return call_with_timeout(lambda: _end(spec, "KILLED", ("RUNNING", "FAILED"), True), timeout_s, "cancel the run")
 
 
-def end_run_if_running(spec, output_dir: str, status: str, replace: tuple[str, ...] = ("RUNNING",)) -> str | None:
-    """Deprecated: `end_job_run(spec, status, replace=...)` (output_dir is the spec's own)."""
-    spec = as_dict(spec)
-    spec = {**spec, "resolved": {**spec["resolved"], "output_dir": output_dir}}
-    return end_job_run(spec, status, replace=replace)
-
-
 # -- sweeps: the parent run ---------------------------------------------------------------------
 def start_sweep_run(uri: str, experiment: str, sweep_id: str, axes: list[tuple[str, list]], *, fixed: list[str], source: str,
                     description: str, submitted: dict, backend: str, timeout_s: float = WRITE_TIMEOUT_S) -> str:
