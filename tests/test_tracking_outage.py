@@ -98,3 +98,73 @@ def test_the_real_training_loop_through_a_hang_loses_no_metric(own_server, tmp_p
                                warmup_s=2.0, outage_s=8.0, tail_s=2.0)
     assert result["steps"] > 0 and result["metrics"] > 0
     assert result["missing"] == 0 and result["complete"] and result["status"] == "FINISHED", result
+
+
+CHILD = """
+import json, pathlib, sys, time
+from mae_core.engine.sinks import JsonlSink
+from orchestrator.tracking import open_run
+
+out, phase = sys.argv[1], pathlib.Path(sys.argv[2])
+spec = json.loads(sys.argv[3])
+jsonl, sink = JsonlSink(out + "/metrics.jsonl"), open_run(spec, out)
+
+def log(steps):
+    for step in steps:
+        jsonl.log_metrics({"train/loss": 1.0 / step}, step)
+        sink.log_metrics({"train/loss": 1.0 / step}, step)
+
+log(range(1, 51))
+assert sink.sender.drain(60)
+phase.write_text("sent")
+while not phase.with_suffix(".hung").exists():
+    time.sleep(0.05)
+log(range(51, 101))
+phase.write_text("queued")
+time.sleep(600)
+"""
+
+
+def test_metrics_of_a_job_killed_during_an_outage_reach_the_run_when_it_resumes(own_server, tmp_path):
+    """SIGKILL while the server hangs: what was queued is lost from memory but is in metrics.jsonl;
+    the resumed job (same output folder, same run) sends it before going on, without duplicates."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.locations import PROJECT_ROOT
+    from orchestrator.tracking import open_run
+
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = job_spec(own_server.uri, f"killed-{uuid.uuid4().hex[:6]}", str(tmp_path / "no-shards"), out)
+    spec["resolved"]["checkpoint"]["resume"] = "auto"
+    phase = tmp_path / "phase"
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(out), str(phase), json.dumps(spec)], cwd=PROJECT_ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (phase.exists() and phase.read_text() == "sent"):
+            assert child.poll() is None and time.monotonic() < deadline, "the child did not get its first metrics through"
+            time.sleep(0.1)
+        own_server.hang()
+        phase.with_suffix(".hung").write_text("1")
+        while phase.read_text() != "queued":
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        own_server.resume()
+
+    sink = open_run(spec, str(out))  # the restart: continues the run named in mlflow_run_id
+    for step in range(95, 111):  # replayed from a checkpoint at step 94, then new steps
+        sink.log_metrics({"train/loss": 1.0 / step}, step)
+    assert sink.close("FINISHED")
+    assert _steps(MlflowClient(own_server.uri), sink.run_id, "train/loss") == list(range(1, 111))

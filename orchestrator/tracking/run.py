@@ -9,6 +9,7 @@ A run whose server is down when the job starts is created once the server answer
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import socket
@@ -213,6 +214,7 @@ class MLflowSink:
             new_params = {k: v for k, v in params.items() if k not in old}
             changed = sorted(k for k, v in params.items() if k in old and old[k] != v)
             self.logged_until = _last_steps(client, run)
+            self._backfill(run_id)
             tags = {**tags, "resumes": str(int(run.data.tags.get("resumes", "0")) + 1)}
             if changed:
                 tags["params_changed_on_resume"] = ", ".join(changed)[:6000]
@@ -235,6 +237,35 @@ class MLflowSink:
         self.sender.add_job("the dataset inputs", self._log_inputs, first=True)
         self.sender.add_job("upload config/resolved.yaml", lambda: client.log_text(run_id, config, "config/resolved.yaml"), first=True)
         self._monitor = artifacts.start_system_metrics(self.uri, run_id, resume=self._resumed)
+
+    def _backfill(self, run_id: str) -> None:
+        """Metrics the previous attempt wrote to <output_dir>/metrics.jsonl but never got to the
+        server (it was killed while the server was down): sent now, from the file, so the run
+        has no gap. The resumed job then skips those steps as already logged (resume is exact:
+        the values are the same)."""
+        missing: dict[tuple[str, int], Metric] = {}
+        try:
+            with fsspec.open(f"{self.output_dir}/metrics.jsonl", "r") as f:
+                for line in f:
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue  # the line being written when the job was killed
+                    step = record.get("step")
+                    if step is None:
+                        continue
+                    for key, value in record.get("metrics", {}).items():
+                        if isinstance(value, (int, float)) and math.isfinite(value) and step > self.logged_until.get(key, -1):
+                            missing[(key, int(step))] = Metric(key, float(value), int(record.get("time", 0) * 1000), int(step))
+        except FileNotFoundError:
+            return
+        if not missing:
+            return
+        for chunk in chunks(list(missing.values()), BATCH_LIMITS["metrics"]):
+            self.client.log_batch(run_id, metrics=chunk, synchronous=True)
+        for key, step in missing:
+            self.logged_until[key] = max(step, self.logged_until.get(key, -1))
+        warn(f"sent {len(missing)} metric(s) from {self.output_dir}/metrics.jsonl that the previous attempt did not get to the server")
 
     def _pretraining_run(self) -> str | None:
         """A follow-up's pretraining run, from the pretraining's output folder: it did not exist
