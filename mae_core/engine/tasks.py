@@ -314,7 +314,10 @@ class LinearProbeTask(ClassifierTask):
         from ..models.classifier import classifier_from_mae
 
         model = classifier_from_mae(
-            self.cfg.model_config(), num_classes=self.cfg.finetune.num_classes, global_pool="token", drop_path=0.0,
+            # The paper probes the cls token (base/linprobe.yaml: global_pool token); "avg" probes
+            # the mean of the patch tokens through a fresh fc_norm, as timm's avg pooling.
+            self.cfg.model_config(), num_classes=self.cfg.finetune.num_classes, global_pool=self.cfg.finetune.global_pool,
+            drop_path=0.0,
             img_size=self.cfg.data.img_size,
         )
         self._load_pretrained(model)
