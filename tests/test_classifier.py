@@ -108,3 +108,33 @@ def test_pretraining_weight_decay_groups():
     assert {"cls_token", "mask_token"} <= {names[id(p)] for p in old_exempt["params"]}
     assert old_decayed == decayed - {"cls_token", "mask_token"}
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def test_fine_tune_at_a_higher_resolution_resamples_pos_embed_once_at_load(tmp_path, monkeypatch):
+    """The 448 px recipe on a 224 px encoder (here 64 px on the 32 px micro model): the task builds
+    the classifier at data.img_size, load_pretrained resamples pos_embed once, and forward never does."""
+    import mae_core.models.classifier as classifier_module
+    from mae_core.engine.config import load_run_config
+    from mae_core.engine.distributed import DistEnv
+    from mae_core.engine.tasks import FinetuneTask
+    from mae_core.weights import save_model
+
+    mae = build_model(MICRO)
+    save_model(mae, tmp_path / "mae.pt")
+    cfg = load_run_config({"task": "finetune", "output_dir": str(tmp_path), "model": {"name": MICRO},
+                           "data": {"url": "/data", "img_size": 64, "batch_size": 4},
+                           "finetune": {"num_classes": 10, "mixup": 0, "cutmix": 0},
+                           "checkpoint": {"init_from": str(tmp_path / "mae.pt")}})
+    assert cfg.model.arch.img_size == 32
+    task = FinetuneTask(cfg, DistEnv(), torch.device("cpu"))
+    model = task.model
+    assert model.config.img_size == 64 and model.pos_embed.shape == (1, 1 + 16 * 16, mae.config.embed_dim)
+    torch.testing.assert_close(model.pos_embed[:, :1], mae.pos_embed[:, :1])  # the cls slot is kept as it is
+
+    calls = []
+    real = classifier_module.resample_pos_embed
+    monkeypatch.setattr(classifier_module, "resample_pos_embed", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    assert calls == []  # nothing resampled on the forward of the training resolution
+    model(torch.randn(1, 3, 32, 32))  # another resolution still works, by resampling on the fly
+    assert len(calls) == 1
