@@ -11,7 +11,7 @@ addresses them directly, plus maectl's own sections:
     global_batch: 4096                 # the recipe's effective batch; accum_iter is derived
     resources: {nodes, gpus_per_node, cpus_per_task, mem_gb, time_limit_min, partition, ...}
     tracking: {uri, experiment, enabled}
-    slurm: {job_folder, max_requeues, signal_delay_s, setup, srun_args}   # the SLURM backend's own
+    slurm: {job_folder, max_requeues, max_restarts, signal_delay_s, setup, srun_args, python, container, array_parallelism}
     ray: {address, storage_path, max_failures, autoscaling}   # --backend ray only
     sweep: {model.mask_ratio: [0.5, 0.75, 0.9], ...}     # `maectl sweep NAME`: one job per point of the grid
     pipeline: {then: [finetune-vit-b, linprobe-vit-b]}    # jobs that start from this one's final checkpoint
@@ -84,14 +84,27 @@ class RayConfig:
 
 
 @dataclass(kw_only=True)
+class ContainerConfig:
+    """`slurm.container`: the job's tasks run inside this image (orchestrator/backends/slurm/backend.py)."""
+
+    image: str | None = None  # none: no container. pyxis: an enroot image or docker://URI; apptainer: a .sif file or docker://URI
+    runtime: Literal["pyxis", "apptainer"] = "pyxis"  # pyxis: srun --container-image; apptainer: apptainer exec
+    mounts: list[str] = field(default_factory=list)  # "SRC[:DST[:FLAGS]]"; the job folder and output folder are added
+
+
+@dataclass(kw_only=True)
 class SlurmConfig:
-    """Read by the SLURM backend only (orchestrator/backends/slurm.py)."""
+    """Read by the SLURM backend only (orchestrator/backends/slurm/)."""
 
     job_folder: str | None = None  # sbatch scripts + submitit logs, on shared storage; default <output_dir>/slurm
     max_requeues: int = bounded(3, ge=0, le=1000)  # restarts (preemption, time limit, `scontrol requeue`) before the job gives up
+    max_restarts: int = bounded(2, ge=0, le=1000)  # retries after an application failure (exit 1), each from the latest checkpoint
     signal_delay_s: int = bounded(120, ge=0, le=86_400)  # SLURM's warning signal this long before the time limit: time to checkpoint
     setup: list[str] = field(default_factory=list)  # lines run at the top of the job script (modules, venv)
-    srun_args: list[str] = field(default_factory=list)  # e.g. container options (pyxis)
+    srun_args: list[str] = field(default_factory=list)  # extra srun arguments
+    python: str | None = None  # the tasks' interpreter; default: the submitting one (sys.executable), `python` in a container
+    container: ContainerConfig = field(default_factory=ContainerConfig)  # run every task in a container (pyxis or apptainer)
+    array_parallelism: int | None = bounded(None, ge=1, le=100_000)  # a sweep array's throttle (%K); default: all points at once
 
     def __post_init__(self):
         if self.max_requeues < 0:
