@@ -105,11 +105,10 @@ def _job_json(job, store, *, followups: bool = True) -> dict:
 
 def _sweep_jobs(sweep, store) -> dict:
     from ..submission import refresh
-    from ..sweeps import close_parent_if_ended
 
-    jobs = {j.handle: refresh(j, store) for j in store.jobs_where(sweep_id=sweep.sweep_id)}
-    close_parent_if_ended(sweep, list(jobs.values()), store)
-    return jobs
+    # Read-only: the sweep's parent run is closed by its last point (tracking.lifecycle) or by
+    # `maectl cancel`, never by looking at it.
+    return {j.handle: refresh(j, store) for j in store.jobs_where(sweep_id=sweep.sweep_id)}
 
 
 def _sweep_json(sweep, jobs: dict, store) -> dict:
@@ -189,7 +188,8 @@ def _sweep_table(sweep, jobs: dict, store):
         notes.append(f"fixed: {' '.join(sweep.overrides)}")
     if sweep.parent_run_id:
         notes.append(f"MLflow: parent run {sweep.parent_run_id} in experiment {sweep.tracking_experiment!r}"
-                     + (" (ended)" if sweep.closed_at else "") + f"; {mlflow_ui_hint(sweep.tracking_uri)}")
+                     + (" (ended)" if sweep.closed_at or all(j.state.terminal for j in jobs.values()) else "")
+                     + f"; {mlflow_ui_hint(sweep.tracking_uri)}")
     if stages:
         notes.append("the follow-ups' final eval/top1 (%), also logged on each point's MLflow run")
     table.caption = "\n".join(notes)
