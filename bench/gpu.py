@@ -308,8 +308,8 @@ def work_decode(params: dict, emit) -> None:
 
     def gpu_decode_crop():
         images = decode_jpeg(jpegs, device=device)
-        crops = [F.interpolate(img[None, :, t:t + h, l:l + w].float(), size=(224, 224), mode="bilinear",
-                               antialias=True, align_corners=False) for img, (t, l, h, w) in zip(images, boxes)]
+        crops = [F.interpolate(img[None, :, top:top + h, left:left + w].float(), size=(224, 224), mode="bilinear",
+                               antialias=True, align_corners=False) for img, (top, left, h, w) in zip(images, boxes)]
         return torch.cat(crops).round_().clamp_(0, 255).to(torch.uint8)
 
     for case, fn in (("gpu_decode", gpu_decode), ("gpu_decode_crop_resize", gpu_decode_crop)):
