@@ -41,11 +41,13 @@ def load_spec(path: str) -> JobSpec:
     return JobSpec.load(path)
 
 
-def run_job(job: JobSpec | dict, stop=None) -> int:
+def run_job(job: JobSpec | dict, stop=None, *, sink=None, on_checkpoint=None) -> int:
     """Run one rank of the job described by `job`; returns the process exit code (an ExitCode).
 
     `stop` (a mae_core StopFlag): a launcher that learns of a coming preemption (SLURM's warning
-    signal) sets it; the engine then checkpoints at the next step and the job exits with 3."""
+    signal) sets it; the engine then checkpoints at the next step and the job exits with 3.
+    `sink` (rank 0: one more metric sink) and `on_checkpoint(url, step)` (every rank, after each
+    checkpoint): a launcher's own reporting (Ray Train's report, orchestrator/ray_entry.py)."""
     from mae_core.data import DataError
     from mae_core.engine import JsonlSink, NonFiniteLoss, Preempted, RunConfig, load_run_config, train
     from mae_core.engine.checkpointing import CheckpointError
@@ -75,12 +77,12 @@ def run_job(job: JobSpec | dict, stop=None) -> int:
             tracker = open_run(spec, cfg.output_dir)
             run = tracker.run_id or "(pending: the server does not answer yet; training goes on, metrics wait)"
             _say(f"MLflow: experiment {spec['tracking']['experiment']!r}, run {run} at {spec['tracking']['uri']}")
-    sinks = [s for s in (tracker, jsonl) if s is not None]
-    sink = _Fanout(sinks) if sinks else None
+    sinks = [s for s in (tracker, jsonl, sink if env.is_main else None) if s is not None]
+    fanout = _Fanout(sinks) if sinks else None
 
     outcome, code = "FAILED", ExitCode.FAILED
     try:
-        summary = train(cfg, sink, env, stop)
+        summary = train(cfg, fanout, env, stop, on_checkpoint)
         outcome, code = "FINISHED", ExitCode.OK
         if env.is_main:
             _say(f"done: {summary.epochs_completed} epochs, {summary.final_step} steps; last checkpoint {summary.last_checkpoint}")

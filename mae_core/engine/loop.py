@@ -9,6 +9,7 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -109,22 +110,27 @@ def cpu_compute_threads(num_workers: int, world_size: int) -> int:
     return max(1, cpus // max(local_ranks, 1) - num_workers)
 
 
-def train(cfg: RunConfig, sink: MetricSink | None = None, env: DistEnv | None = None, stop: StopFlag | None = None) -> RunSummary:
-    """Run `cfg` to completion (or until stopped). Only rank 0 writes to `sink` and checkpoints."""
+def train(cfg: RunConfig, sink: MetricSink | None = None, env: DistEnv | None = None, stop: StopFlag | None = None,
+          on_checkpoint: Callable[[str, int], None] | None = None) -> RunSummary:
+    """Run `cfg` to completion (or until stopped). Only rank 0 writes to `sink` and checkpoints.
+
+    `on_checkpoint(url, step)` runs on every rank once a checkpoint is complete (after the save's
+    barrier): a launcher can tell its scheduler where the latest one is (Ray Train's report)."""
     env = env or env_from_environ()
     device = pick_device(cfg.train.device, env)
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(cpu_compute_threads(cfg.data.num_workers, env.world_size))
     init_distributed(env, device)
     try:
-        return _Trainer(cfg, sink if env.is_main and sink is not None else NullSink(), env, device, stop or StopFlag()).run()
+        return _Trainer(cfg, sink if env.is_main and sink is not None else NullSink(), env, device, stop or StopFlag(), on_checkpoint).run()
     finally:
         shutdown_distributed()
 
 
 class _Trainer:
-    def __init__(self, cfg: RunConfig, sink: MetricSink, env: DistEnv, device: torch.device, stop: StopFlag):
+    def __init__(self, cfg: RunConfig, sink: MetricSink, env: DistEnv, device: torch.device, stop: StopFlag, on_checkpoint=None):
         self.cfg, self.sink, self.env, self.device, self.stop = cfg, sink, env, device, stop
+        self.on_checkpoint = on_checkpoint
         self.precision = _resolve_precision(cfg.train.precision, device)
         self.out_dir = cfg.output_dir.rstrip("/")
         self.checkpoints = CheckpointManager(self.out_dir, cfg.checkpoint.keep_last, cfg.checkpoint.keep_every_epochs)
@@ -199,6 +205,8 @@ class _Trainer:
             self.last_checkpoint = self.checkpoints.save(state, pos.opt_step, milestone=milestone)
         self.last_checkpoint = broadcast_object(self.last_checkpoint)
         barrier()
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(self.last_checkpoint, pos.opt_step)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> RunSummary:
