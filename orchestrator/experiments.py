@@ -77,6 +77,7 @@ class RayConfig:
     storage_path: str | None = None  # Ray Train's RunConfig.storage_path; default <output_root>/ray
     max_failures: int = bounded(3, ge=-1, le=1000)  # worker-group restarts (each resumes from the latest checkpoint)
     autoscaling: bool = False  # the cluster adds nodes on demand: skip the pre-submit resource check
+    placement_strategy: Literal["auto", "PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "auto"  # auto: SPREAD when resources.nodes > 1
 
     def __post_init__(self):
         if self.max_failures < -1:

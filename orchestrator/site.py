@@ -15,6 +15,8 @@ One file, the first that exists of:
     datasets:                         # `data.url: dataset:imagenet` in an experiment file
       imagenet: /shared/datasets/imagenet-wds
     pass_env: [AWS_PROFILE]           # environment variables a job may receive (Ray runtime_env)
+    cluster_has_maectl: false         # Ray: true = the cluster has this maectl installed (checked);
+                                      # false = the job ships orchestrator/ and mae_core/ (py_modules)
     defaults:                         # any experiment keys, applied over the experiment's files
       resources: {partition: gpu, account: vision, qos: normal, constraint: h100}
       slurm: {job_folder: /shared/maectl/jobs, python: /shared/envs/maectl/bin/python}
@@ -53,6 +55,9 @@ class SiteConfig:
     jobs_path: list[str] = field(default_factory=list)
     datasets: dict[str, str] = field(default_factory=dict)
     pass_env: list[str] = field(default_factory=list)
+    # The Ray cluster runs maectl from its own install (an image): the job does not ship this
+    # checkout's packages, and every Ray process checks that its code is the submitter's.
+    cluster_has_maectl: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
