@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mae_core.data import DataConfig, DataError, IGNORE_LABEL, ManifestError, ShardReadError, build_loader, read_manifest
+from mae_core.data import IGNORE_LABEL, DataConfig, DataError, ManifestError, ShardReadError, build_loader, read_manifest
 from mae_core.data.manifest import Manifest, ShardInfo, shard_name, write_manifest
 from mae_core.data.plan import split_evenly
 
