@@ -64,8 +64,11 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # `X | None`: X's own message ("must be a finite number", a range)
+            return _convert(value, options[0], key)
         errors = []
-        for arg in (a for a in args if a is not type(None)):
+        for arg in options:
             try:
                 return _convert(value, arg, key)
             except ConfigError as err:

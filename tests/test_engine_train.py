@@ -101,7 +101,7 @@ def test_fine_tune_and_linear_probe_from_our_checkpoint(pretrained, demo_shards,
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(demo_shards, tmp_path):
     cfg = _pretrain_config(demo_shards, tmp_path, epochs=1)
-    cfg["optim"] = {"lr": 1e30, "warmup_epochs": 0}
+    cfg["optim"] = {"lr": 100.0, "warmup_epochs": 0}
     cfg["checkpoint"] = {"every_steps": 1, "keep_last": 5, "keep_every_epochs": None}
     with pytest.raises(NonFiniteLoss, match=r"at optimizer step \d+") as info:
         train(load_run_config(cfg))

@@ -298,6 +298,13 @@ class _Trainer:
                 if scaler is not None:
                     scaler.unscale_(optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.clip_grad or float("inf"))
+                if scaler is None and not math.isfinite(float(grad_norm)):
+                    # A finite loss with overflowing gradients: stepping would write inf/NaN into the
+                    # weights (and the next checkpoint). fp16's scaler skips such steps itself.
+                    raise NonFiniteLoss(
+                        f"gradient norm is {float(grad_norm)} at optimizer step {pos.opt_step + 1} (epoch {pos.epoch}, batch {i}); "
+                        f"stopping. The last good checkpoint is {self.last_checkpoint or self._describe_latest()}"
+                    )
                 if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
