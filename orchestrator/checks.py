@@ -7,6 +7,7 @@ recorded, written or started:
     check_local_data    a local data path exists (a job that runs on this machine: the local backend)
     check_location      an output or job folder: absolute, not node-local for a multi-node job,
                         and (with `probe`) writable
+    check_shared        a location every node of a multi-node job reaches: s3:// or a site shared_paths entry
     probe_writable      create, write and remove a probe file (POSIX paths and object storage)
 
 S3 is asked with S3_PROBE_OPTIONS: a missing or unreachable bucket fails in seconds, not after
@@ -45,6 +46,26 @@ def is_node_local(path: str) -> bool:
         return False
     real = os.path.realpath(path.removeprefix("file://"))
     return any(real == p or real.startswith(p + "/") for p in NODE_LOCAL_PREFIXES)
+
+
+def check_shared(resolved, key: str, location: str, *, nodes: int, why: str) -> None:
+    """A location that every one of `nodes` nodes reads or writes (checkpoints, the output
+    folder, Ray Train's storage): object storage, or a path the site file declares shared
+    (site key `shared_paths`). Anything else is refused: on a cluster without a shared disk each
+    node would write its own copy, and a restarted rank would resume from its own disk or from
+    scratch. `why` says why the job spans nodes."""
+    if nodes <= 1 or is_object_storage(location):
+        return
+    from .site import active
+
+    site = resolved.site or active()
+    path = location.removeprefix("file://")
+    if site.is_shared(path) or site.is_shared(os.path.realpath(path)):
+        return
+    reason = "is node-local storage (every node has its own)" if is_node_local(path) else \
+        "is not on storage that the site declares shared (site key shared_paths)"
+    raise resolved.locator.error(key, f"{path} {reason}, but {why}: every node must reach the same files. Use s3://..., or add the "
+                                      f"shared mount that holds it to shared_paths in the site file ({site.label})")
 
 
 def nearest_existing(path: Path) -> Path:
@@ -120,5 +141,5 @@ def probe_writable(location: str) -> str | None:
     return None
 
 
-__all__ = ["NODE_LOCAL_PREFIXES", "S3_PROBE_OPTIONS", "check_local_data", "check_location", "check_manifest", "is_node_local",
+__all__ = ["NODE_LOCAL_PREFIXES", "S3_PROBE_OPTIONS", "check_local_data", "check_location", "check_shared", "check_manifest", "is_node_local",
            "is_object_storage", "nearest_existing", "probe_options", "probe_writable"]

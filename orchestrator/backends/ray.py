@@ -3,22 +3,35 @@
     maectl submit NAME --backend ray
       -> <job_dir>/ray/job.yaml                          the spec, uploaded as the job's working_dir
       -> Ray Job (JobSubmissionClient.submit_job):
-           entrypoint  python -m orchestrator.ray_entry job.yaml --workers N ... --max-failures K
-           runtime_env {working_dir, env_vars}
+           entrypoint  python -m orchestrator.ray_entry job.yaml --workers N ... --code ship|installed
+           runtime_env {working_dir, py_modules: [orchestrator/, mae_core/], env_vars}
       -> the driver: TorchTrainer(run_job(spec) on each worker, ScalingConfig, RunConfig)
 
 `submit` returns once the cluster accepted the job; `status`, `logs` and `cancel` use the Ray
 Jobs REST API of the cluster's dashboard (`GET /api/jobs/ID`, `GET .../logs`, `POST .../stop`),
-so they answer without importing ray. The code that runs on the cluster is maectl as installed
-there (the training image, or this checkout's venv for the development head): only the spec
-travels with the job, which keeps the upload far below Ray's 100 MiB working_dir cap.
+so they answer without importing ray. Every request carries Ray's auth token when one is
+configured (`ray_auth_token`: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).
 
-Failures and restarts: see orchestrator/ray_entry.py — the engine's checkpoints in output_dir
-are the only checkpoints; Ray Train restarts the worker group (`FailureConfig(max_failures)`)
-and the engine resumes from the latest one, continuing the same MLflow run.
+The code: the packages as imported by the submitter travel in the runtime env (py_modules, far
+below Ray's 100 MiB cap), so a node without the checkout (its own disk, an editable install
+elsewhere) runs the submitter's code; or, with the site key `cluster_has_maectl`, the
+cluster's own install runs. Either way the driver and each worker compare the digest of the
+code they imported with the submitter's and stop with exit 2 if it differs (ray_entry.py).
 
-Pre-submit checks (exit 2, nothing submitted; skipped by --dry-run, which never contacts the
-cluster, so that it can print the spec for a cluster that does not exist yet): the job API
+The environment: endpoints and settings by prefix (AWS_*, MLFLOW_*, RAY_TRAIN_*, ...) travel in
+runtime_env.env_vars; credentials (secret-looking names, values with a password) only where the
+site file names them in `pass_env` (env_vars are visible in the dashboard). The dry-run lists
+what is held back and shows what travels redacted.
+
+Failures and restarts: see orchestrator/ray_entry.py — the engine's checkpoints in output_dir,
+reported to Ray Train as pointer checkpoints in Ray's storage; the driver restarts the worker
+group up to `ray.max_failures` times, each attempt resuming from `get_checkpoint()` and
+continuing the same MLflow run, and never after an exit code that no retry can fix.
+
+Pre-submit checks (exit 2, nothing submitted): a job that spans nodes (resources.nodes > 1, or
+a cluster with more than one alive node) keeps Ray's storage, the output folder and the data on
+s3:// or a site `shared_paths` folder (also in a --dry-run, for resources.nodes); the code fits
+Ray's package cap. Then, skipped by --dry-run, which never contacts the cluster: the job API
 answers; the alive nodes have room for every worker (unless `ray.autoscaling`); Ray's storage
 path and the output folder are writable; the dataset manifest is readable.
 
@@ -51,7 +64,8 @@ from .. import checks
 from ..experiments import HANDLE_PLACEHOLDER, ExperimentError
 from ..jobspec import SPEC_FILE
 from ..plan import PASSED_ENV_PREFIXES, LaunchPlan, write_files
-from ..redact import scrub_text
+from ..ray_entry import CODE_DIGEST_ENV, code_digest, package_dirs
+from ..redact import is_secret_name, scrub_text
 from .base import Backend, LaunchRequest, Status, Submitted
 from .states import JobState
 
@@ -62,6 +76,8 @@ RAY_PASSED_ENV_PREFIXES = (*PASSED_ENV_PREFIXES, "RAY_TRAIN_")
 HTTP_TIMEOUT_S = 10.0
 CANCEL_WAIT_S = 30.0
 DEPENDENCY_POLL_S = 5.0
+PACKAGE_LIMIT_BYTES = 100 << 20  # Ray Jobs' cap on one working_dir / py_modules package
+CODE_EXCLUDES = ("__pycache__/", "*.pyc")
 
 # Ray job states -> maectl's. A stopped job is one that someone stopped: `ray job stop`,
 # `maectl cancel` or the dashboard.
@@ -86,13 +102,45 @@ def normalise_address(address: str) -> str:
     return address
 
 
+def ray_auth_token() -> str | None:
+    """Ray's token (token auth, Ray >= 2.52; on by default for new clusters in 2.60), where the
+    Ray docs say a client finds it: $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH, else
+    ~/.ray/auth_token. None when RAY_AUTH_MODE=disabled or no token is configured."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return None
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        try:
+            token = Path(path).expanduser().read_text().strip()
+        except OSError as err:
+            raise RayUnreachable(f"RAY_AUTH_TOKEN_PATH={path}: cannot read the token ({err.strerror})") from None
+        if not token:
+            raise RayUnreachable(f"RAY_AUTH_TOKEN_PATH={path} is empty")
+        return token
+    default = Path("~/.ray/auth_token").expanduser()
+    if default.is_file():
+        return default.read_text().strip() or None
+    return None
+
+
+def auth_headers() -> dict[str, str]:
+    """The header every request to the job API carries (REST calls and JobSubmissionClient)."""
+    token = ray_auth_token()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def _http_json(url: str, *, method: str = "GET", timeout: float = HTTP_TIMEOUT_S):
-    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None, headers=auth_headers())
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read().decode() or "null")
     except urllib.error.HTTPError as err:
         body = err.read().decode(errors="replace")[:300]
+        if err.code in (401, 403):
+            body += (" (the cluster has token auth: set RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, or put the token in ~/.ray/auth_token)"
+                     if err.code == 401 else " (the Ray auth token sent is not the cluster's)")
         raise RayUnreachable(f"{scrub_text(url)}: HTTP {err.code} {body}") from None
     except (urllib.error.URLError, OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
@@ -141,6 +189,22 @@ class RayBackend(Backend):
         configured = self._config(request).storage_path
         return (configured or f"{request.experiment.output_root.rstrip('/')}/ray").rstrip("/")
 
+    @staticmethod
+    def _site(request: LaunchRequest):
+        from ..site import active
+
+        return request.experiment.site or active()
+
+    def _ships_code(self, request: LaunchRequest) -> bool:
+        return not self._site(request).config.cluster_has_maectl
+
+    def _placement(self, request: LaunchRequest) -> str:
+        chosen = self._config(request).placement_strategy
+        if chosen != "auto":
+            return chosen
+        # More than one node asked for: one worker group across them, not packed onto the head.
+        return "SPREAD" if request.resources.nodes > 1 else "PACK"
+
     def _entrypoint(self, request: LaunchRequest) -> list[str]:
         scaling = Scaling.of(request.resources)
         # `python`, not this interpreter's path: the entrypoint runs on the cluster, where the
@@ -149,32 +213,57 @@ class RayBackend(Backend):
                  "--cpus-per-worker", str(scaling.cpus_per_worker)]
         if scaling.gpus_per_worker:
             words += ["--gpus-per-worker", str(scaling.gpus_per_worker)]
-        words += ["--storage-path", self._storage_path(request), "--max-failures", str(self._config(request).max_failures)]
+        words += ["--storage-path", self._storage_path(request), "--max-failures", str(self._config(request).max_failures),
+                  "--placement-strategy", self._placement(request), "--code", "ship" if self._ships_code(request) else "installed"]
         if request.depends_on:
             # The Ray submission id is the maectl handle, so the handle names the job to wait for.
             waits = [word for dep in request.depends_on for word in ("--job", dep.handle)]
             words = ["python", "-m", "orchestrator.backends.ray", "after", *waits, "--address", self._address(request) or "", "--", *words]
         return words
 
+    def _passed(self, request: LaunchRequest) -> tuple[dict[str, str], list[str]]:
+        """(what travels from this shell, the credentials held back). Endpoints and settings
+        (AWS_*, MLFLOW_*, ... by prefix) travel; a credential (a secret-looking name, or a value
+        with a password in it) only if the site file names it in pass_env: runtime_env.env_vars
+        are readable by anyone with dashboard access. pass_env may name any other variable too."""
+        named = set(self._site(request).config.pass_env)
+        passed, held = {}, []
+        for name in sorted(os.environ):
+            value = os.environ[name]
+            if name in named:
+                passed[name] = value
+            elif name.startswith(RAY_PASSED_ENV_PREFIXES):
+                if is_secret_name(name) or scrub_text(value) != value:
+                    held.append(name)
+                else:
+                    passed[name] = value
+        return passed, held
+
     def _environment(self, request: LaunchRequest) -> dict[str, str]:
-        """The job's env_vars: Ray gives them to the driver and every worker. Inherited
-        credentials and endpoints (AWS_*, MLFLOW_*, ...) go too: the cluster's processes do not
-        share this shell's environment."""
+        """The job's env_vars: Ray gives them to the driver and every worker (the cluster's
+        processes do not share this shell's environment); credentials only as _passed says."""
         # Ray Train V2 sends workers' print() to its logger and, where Ray has wrapped stdout,
         # to stdout as well: every line of the job log would appear twice.
         # Ray's log de-duplication merges lines that differ only in numbers across workers
         # within 5 s: each rank's "rank N: pid P" line, say, and a rank-1 error behind rank 0's.
         env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", "RAY_DEDUP_LOGS": "0"}
-        env.update({k: os.environ[k] for k in sorted(os.environ) if k.startswith(RAY_PASSED_ENV_PREFIXES)})
-        env.update({"PYTHONUNBUFFERED": "1", "MAECTL_JOB": request.handle})
+        env.update(self._passed(request)[0])
+        env.update({"PYTHONUNBUFFERED": "1", "MAECTL_JOB": request.handle, CODE_DIGEST_ENV: code_digest()})
         env.update(request.env)
         return env
 
     def _working_dir(self, request: LaunchRequest) -> Path:
         return request.job_dir / WORKING_DIR
 
-    def _runtime_env(self, request: LaunchRequest) -> dict:
-        return {"working_dir": str(self._working_dir(request)), "env_vars": self._environment(request)}
+    def _runtime_env(self, request: LaunchRequest, env: dict[str, str]) -> dict:
+        runtime_env = {"working_dir": str(self._working_dir(request))}
+        if self._ships_code(request):
+            # The packages as imported here (an editable checkout, a wheel): Ray zips each folder
+            # into its GCS and puts it on every job process's path, on every node.
+            runtime_env["py_modules"] = [str(p) for p in package_dirs()]
+            runtime_env["excludes"] = list(CODE_EXCLUDES)
+        runtime_env["env_vars"] = env
+        return runtime_env
 
     def _metadata(self, request: LaunchRequest) -> dict[str, str]:
         return {"maectl_handle": request.handle, "experiment": request.experiment.name}
@@ -186,11 +275,9 @@ class RayBackend(Backend):
         if address and urllib.parse.urlsplit(address).scheme not in ("http", "https"):
             raise ExperimentError(source, "ray.address", f"{scrub_text(address)} is not the dashboard's job API: give http://HEAD:8265 "
                                                         f"(ray:// client and GCS addresses are not for job submission)")
-        if request.resources.nodes > 1:
-            for key, location in (("ray.storage_path", self._storage_path(request)), ("output_dir", request.experiment.run.output_dir)):
-                if checks.is_node_local(location):
-                    raise ExperimentError(source, key, f"{location} is node-local storage, but the job spans {request.resources.nodes} nodes: "
-                                                       f"use a folder that every node mounts, or s3://")
+        self._check_shared(request, request.resources.nodes, f"the job asks for {request.resources.nodes} nodes")
+        if self._ships_code(request):
+            self._check_code_size(request)
         if request.handle == HANDLE_PLACEHOLDER:
             # A dry-run (its handle is still the placeholder): print the spec without contacting
             # the cluster or touching storage, so it works for a cluster that is not up yet.
@@ -198,7 +285,9 @@ class RayBackend(Backend):
         if not address:
             raise ExperimentError(source, "ray.address", "no Ray cluster given: set ray.address (the job API, http://HEAD:8265) "
                                                         "or $RAY_ADDRESS")
-        self._check_cluster(request, address, source)
+        nodes = self._check_cluster(request, address, source)
+        if nodes > 1:
+            self._check_shared(request, nodes, f"the Ray cluster has {nodes} nodes and a (restarted) worker may run on any of them")
         for key, location in (("ray.storage_path", self._storage_path(request)), ("output_dir", request.experiment.run.output_dir)):
             problem = checks.probe_writable(location)
             if problem:
@@ -206,19 +295,36 @@ class RayBackend(Backend):
                                                    f"checkpoint")
         checks.check_manifest(request.experiment)
 
-    def _check_cluster(self, request: LaunchRequest, address: str, source: str) -> None:
+    def _check_shared(self, request: LaunchRequest, nodes: int, why: str) -> None:
+        """Checkpoints, the output folder and the data: on storage every node reaches."""
+        resolved = request.experiment
+        for key, location in (("ray.storage_path", self._storage_path(request)), ("output_dir", resolved.run.output_dir),
+                              ("data.url", resolved.run.data.url)):
+            checks.check_shared(resolved, key, location, nodes=nodes, why=why)
+
+    def _check_code_size(self, request: LaunchRequest) -> None:
+        """Ray refuses a py_modules package over 100 MiB (at upload, after the job was recorded)."""
+        for folder in package_dirs():
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+            if size > PACKAGE_LIMIT_BYTES:
+                raise ExperimentError(self._site(request).label, "cluster_has_maectl",
+                                      f"{folder} is {size / 2**20:.0f} MiB, over Ray's {PACKAGE_LIMIT_BYTES >> 20} MiB limit for a "
+                                      f"py_modules package: install maectl on the cluster and set cluster_has_maectl: true")
+
+    def _check_cluster(self, request: LaunchRequest, address: str, source: str) -> int:
+        """The job API answers and the alive nodes have room; returns how many nodes are alive."""
         try:
             _http_json(f"{address}/api/version", timeout=5.0)
         except RayUnreachable as err:
             raise ExperimentError(source, "ray.address", f"the Ray job API does not answer ({err}); is the cluster up? "
                                                         f"(address from {'ray.address' if self._config(request).address else '$RAY_ADDRESS'})") from None
-        if self._config(request).autoscaling:
-            return
         scaling = Scaling.of(request.resources)
         try:
             nodes = _alive_nodes(address)
         except RayUnreachable as err:
             raise ExperimentError(source, "ray.address", f"cannot list the cluster's nodes ({err})") from None
+        if self._config(request).autoscaling:
+            return max(len(nodes), 2)  # nodes come and go: count it as more than one
         room = sum(scaling.slots(n.get("resources_total") or {}) for n in nodes)
         if room < scaling.workers:
             totals = {name: sum((n.get("resources_total") or {}).get(name, 0.0) for n in nodes) for name in ("CPU", "GPU")}
@@ -228,6 +334,7 @@ class RayBackend(Backend):
                 f"{len(nodes)} alive node(s) ({totals['CPU']:g} CPU, {totals['GPU']:g} GPU in all) have room for {room}; lower "
                 f"resources.nodes, tasks_per_node, gpus_per_node or cpus_per_task, or set ray.autoscaling=true if the cluster adds "
                 f"nodes on demand")
+        return len(nodes)
 
     # -- the plan and its launch ------------------------------------------------------------------
     def plan(self, request: LaunchRequest) -> LaunchPlan:
@@ -242,20 +349,29 @@ class RayBackend(Backend):
             "address": address or "<$RAY_ADDRESS: not set>",
             "submission_id": request.handle,
             "entrypoint": shlex.join(entrypoint),
-            "runtime_env": {"working_dir": str(working_dir), "env_vars": env},
+            "runtime_env": self._runtime_env(request, env),
             "metadata": self._metadata(request),
         }
+        storage = self._storage_path(request)
         trainer = {
             "scaling_config": {"num_workers": scaling.workers, "use_gpu": bool(scaling.gpus_per_worker),
-                               "resources_per_worker": scaling.per_worker},
-            "run_config": {"name": request.handle, "storage_path": self._storage_path(request),
-                           "failure_config": {"max_failures": config.max_failures}},
-            "checkpoints": f"the engine's, in {request.experiment.run.output_dir} (resumed after a restart)",
+                               "resources_per_worker": scaling.per_worker, "placement_strategy": self._placement(request)},
+            "run_config": {"name": request.handle, "storage_path": storage, "failure_config": {"max_failures": 0}},
+            "restarts": f"up to {config.max_failures} attempts more (ray.max_failures), each resuming from get_checkpoint(); "
+                        f"none after an exit code that no retry fixes",
+            "checkpoints": f"the engine's, in {request.experiment.run.output_dir}; each reported (ray.train.report) as a "
+                           f"pointer checkpoint in {storage}/{request.handle}",
         }
+        held = self._passed(request)[1]
+        code = (f"the job ships orchestrator/ and mae_core/ (py_modules, code {env[CODE_DIGEST_ENV]})" if self._ships_code(request) else
+                f"the cluster's own maectl runs (site: cluster_has_maectl), checked against code {env[CODE_DIGEST_ENV]}")
         return LaunchPlan(
             backend=self.name, handle=request.handle,
             summary=(f"a Ray Job whose driver runs a Ray Train TorchTrainer with {scaling.workers} worker(s); submit returns at once",
-                     f"the job's working_dir is {working_dir} (the spec only); the entrypoint builds the TorchTrainer below"),
+                     f"the job's working_dir is {working_dir} (the spec only); the entrypoint builds the TorchTrainer below",
+                     code,
+                     *([f"credentials not passed to the cluster (name them in the site's pass_env to pass them): {', '.join(held)}"]
+                       if held else [])),
             files={str(request.spec_path): spec_text, str(working_dir / SPEC_NAME): spec_text},
             env=env, inherits_env=False, command=tuple(entrypoint), job=job, native={"torch_trainer": trainer},
             spec_path=str(working_dir / SPEC_NAME), depends_on=tuple(d.handle for d in request.depends_on), label=request.label,
@@ -266,7 +382,7 @@ class RayBackend(Backend):
 
         job = plan.job
         write_files(plan)
-        client = JobSubmissionClient(job["address"])
+        client = JobSubmissionClient(job["address"], headers=auth_headers())
         submission_id = client.submit_job(entrypoint=job["entrypoint"], submission_id=job["submission_id"],
                                           runtime_env=job["runtime_env"], metadata=job["metadata"])
         address = job["address"]
@@ -313,7 +429,7 @@ class RayBackend(Backend):
 
         from ray.job_submission import JobSubmissionClient
 
-        client = JobSubmissionClient(record.info["address"])
+        client = JobSubmissionClient(record.info["address"], headers=auth_headers())
         stream = client.tail_job_logs(record.info["submission_id"])
         loop = asyncio.new_event_loop()
         pending = ""
