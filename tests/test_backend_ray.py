@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from mae_core.exitcodes import ExitCode
+
 from orchestrator.backends.ray import RAY_PASSED_ENV_PREFIXES, RayBackend, Scaling, normalise_address
 from orchestrator.backends.states import JobState
 from orchestrator.cli import main
@@ -109,6 +111,119 @@ def test_unreachable_cluster_exit_2_nothing_submitted(capsys, monkeypatch):
     assert "ray.address" in err and "does not answer" in err
     assert time.monotonic() - started < 20
     assert _records() == []
+
+
+def test_site_pass_env_passes_named_credentials_shown_redacted(capsys, monkeypatch, tmp_path):
+    _only_env(monkeypatch, AWS_SECRET_ACCESS_KEY="passed-secret-value", AWS_ACCESS_KEY_ID="maectl-dev",
+              AWS_SESSION_TOKEN="held-token-value", AWS_ENDPOINT_URL="http://127.0.0.1:9000")
+    site = tmp_path / "site.yaml"
+    site.write_text("pass_env: [AWS_SECRET_ACCESS_KEY, AWS_ACCESS_KEY_ID]\n")
+    monkeypatch.setenv("MAECTL_SITE", str(site))
+    head, _ = _dry_run(capsys, [*TWO_WORKERS, "ray.address=127.0.0.1:8265"])
+    assert "#   AWS_SECRET_ACCESS_KEY=<redacted>" in head and "#   AWS_ACCESS_KEY_ID=<redacted>" in head
+    assert "#   AWS_ENDPOINT_URL=http://127.0.0.1:9000" in head  # an endpoint is no credential
+    assert "passed-secret-value" not in head and "held-token-value" not in head
+    held = next(line for line in head.splitlines() if "credentials not passed" in line)
+    assert held.endswith(": AWS_SESSION_TOKEN")
+    # What the job would really get: the named ones, in clear (Ray needs the values).
+    from orchestrator import submission
+
+    prepared = submission.prepare(DEMO, [*TWO_WORKERS, "ray.address=127.0.0.1:8265"], backend="ray", dry_run=True)
+    env = submission.plan(prepared).job["runtime_env"]["env_vars"]
+    assert env["AWS_SECRET_ACCESS_KEY"] == "passed-secret-value" and "AWS_SESSION_TOKEN" not in env
+
+
+def test_multinode_storage_must_be_shared_or_s3(capsys, monkeypatch, tmp_path):
+    _only_env(monkeypatch)
+    monkeypatch.setenv("MAECTL_OUTPUT_ROOT", "s3://maectl-golden/runs")
+    base = ["resources.nodes=2", "resources.tasks_per_node=1", "ray.address=http://127.0.0.1:8265"]
+    # Output in S3 but the data on this machine's disk, not declared shared: refused, the key named.
+    shared = tmp_path / "shared"
+    assert main(["submit", DEMO, *base, f"data.url={shared}/data", "--backend", "ray", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert ": data.url:" in err and "shared_paths" in err, err
+    site = tmp_path / "site.yaml"
+    site.write_text(f"shared_paths: [{shared}]\n")
+    monkeypatch.setenv("MAECTL_SITE", str(site))
+    assert main(["submit", DEMO, *base, f"data.url={shared}/data", "--backend", "ray", "--dry-run"]) == 0
+    capsys.readouterr()
+
+
+def test_auth_token_from_env_file_or_default_and_sent(monkeypatch, tmp_path):
+    import http.server
+    import threading
+
+    from orchestrator.backends import ray as ray_backend
+
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert ray_backend.ray_auth_token() is None and ray_backend.auth_headers() == {}
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-default-file\n")
+    assert ray_backend.ray_auth_token() == "from-default-file"
+    (tmp_path / "token").write_text("from-token-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    assert ray_backend.ray_auth_token() == "from-token-path"
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert ray_backend.auth_headers() == {"Authorization": "Bearer from-env"}
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert ray_backend.ray_auth_token() is None
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    with pytest.raises(ray_backend.RayUnreachable, match="RAY_AUTH_TOKEN_PATH"):
+        ray_backend.ray_auth_token()
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "sent-token")
+
+    # What goes over the wire: an HTTP server that answers 401 without the header, as Ray's does.
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            ok = self.headers.get("Authorization") == "Bearer sent-token"
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            self.wfile.write(b'{"version": "x"}' if ok else b"Unauthorized: Missing authentication token")
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/api/version"
+        assert ray_backend._http_json(url) == {"version": "x"}
+        monkeypatch.delenv("RAY_AUTH_TOKEN")
+        monkeypatch.delenv("RAY_AUTH_TOKEN_PATH")
+        (tmp_path / ".ray" / "auth_token").unlink()
+        with pytest.raises(ray_backend.RayUnreachable, match="HTTP 401.*RAY_AUTH_TOKEN"):
+            ray_backend._http_json(url)
+    finally:
+        server.shutdown()
+    assert seen == ["Bearer sent-token", None]
+
+
+def test_which_worker_failures_end_the_job_at_once():
+    from ray.exceptions import ActorDiedError
+    from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from orchestrator.ray_entry import WorkerFailed, final_exit_code
+
+    def group(*errors):
+        return WorkerGroupError("x", {rank: e for rank, e in enumerate(errors)})
+
+    def user(error):
+        return UserExceptionWithTraceback(error, "Traceback ...")
+
+    assert final_exit_code(group(user(WorkerFailed(1, ExitCode.BAD_INPUT)))) == ExitCode.BAD_INPUT
+    assert final_exit_code(group(ActorDiedError(), user(WorkerFailed(0, ExitCode.NON_FINITE_LOSS)))) == ExitCode.NON_FINITE_LOSS
+    assert final_exit_code(group(user(ModuleNotFoundError("No module named 'orchestrator'")))) == ExitCode.BAD_INPUT
+    # A killed worker, an application error, a SIGTERM: another attempt may succeed.
+    assert final_exit_code(group(ActorDiedError())) is None
+    assert final_exit_code(group(user(WorkerFailed(1, ExitCode.FAILED)), user(WorkerFailed(0, ExitCode.TERMINATED)))) is None
 
 
 def test_scaling_from_resources():
@@ -283,17 +398,18 @@ def test_cancel_stops_the_job_and_marks_the_run_killed(ray_job_env):
 
 
 @pytest.mark.integration
-def test_a_failing_job_ends_failed(ray_job_env):
+def test_a_failing_job_that_no_retry_fixes_ends_at_once(ray_job_env):
     # Valid for maectl, fails on every rank at the same step, after rank 0 opened its MLflow run:
-    # a learning rate that makes the loss non-finite (100, the largest lr maectl accepts: nan by step 3). (Restarts: the kill test.)
+    # a learning rate that makes the loss non-finite (100, the largest lr maectl accepts: nan by step 3).
+    # A non-finite loss comes back on every attempt: no restart, although max_failures allows 3.
     record = _submit([*ray_job_env["overrides"], "train.epochs=1", "optim.lr=100", "optim.warmup_epochs=0",
-                      "ray.max_failures=0"])
+                      "ray.max_failures=3"])
     status = _wait(record, {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED}, timeout=150)
     log = _log(record)
-    assert status.state == JobState.FAILED and status.exit_code == 1, log[-3000:]
+    assert status.state == JobState.FAILED and status.exit_code == ExitCode.NON_FINITE_LOSS, log[-3000:]
     assert status.message
-    assert log.count("ray worker rank 0/2") == 1, "max_failures=0: no restart"
+    assert log.count("ray worker rank 0/2") == 1, "retried an error that no retry fixes"
     assert "loss is nan" in log or "loss is inf" in log
-    assert "failed after the allowed restarts (max_failures 0)" in log
+    assert "failed, not retried (exit code 4 (non-finite loss)" in log
     _, runs = _mlflow_runs(ray_job_env["uri"], ray_job_env["experiment"])
     assert len(runs) == 1 and runs[0].info.status == "FAILED"
