@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import time
 import uuid
@@ -95,8 +96,53 @@ def test_dry_run_gpu_multinode_golden(capsys, monkeypatch):
                  "#SBATCH --gres-flags=enforce-binding", "#SBATCH --mem=256GB", "#SBATCH --time=2880", "module load cuda/12.8"):
         assert line in head.splitlines(), line
     (srun,) = [line for line in head.splitlines() if line.startswith("srun ")]
-    assert "/shared/maectl/jobs/<handle>/%j_%t_log.out" in srun and srun.split()[4] == "--cpu-bind=none"
+    # srun of Slurm 22.05-23.02 does not take --cpus-per-task from the allocation: given explicitly.
+    assert "/shared/maectl/jobs/<handle>/%j_%t_log.out" in srun and srun.split()[4:6] == ["--cpus-per-task=8", "--cpu-bind=none"]
     assert spec["resolved"]["output_dir"] == "<output_root>/pretrain-vit-tiny-demo/<handle>"
+    # The code snapshot: first on the import path, after the site's own setup lines.
+    lines = head.splitlines()
+    setup = lines[lines.index("# setup") + 1:lines.index("# command") - 1]
+    assert setup == ["module load cuda/12.8", "source /shared/envs/maectl/bin/activate",
+                     "export PYTHONPATH='/shared/maectl/jobs/<handle>/code'${PYTHONPATH:+:$PYTHONPATH}", "export PYTHONSAFEPATH=1"]
+
+
+CONTAINER = ["resources.nodes=2", "resources.gpus_per_node=4", "resources.tasks_per_node=null", "resources.cpus_per_task=8",
+             "resources.mem_gb=256", "resources.time_limit_min=2880", "resources.partition=gpu", "slurm.job_folder=/shared/maectl/jobs",
+             "output_dir=/shared/maectl/runs/<handle>", "slurm.container.mounts=[/shared/datasets:/data:ro, /shared/maectl]"]
+
+
+def test_dry_run_pyxis_container_golden(capsys, monkeypatch):
+    """pyxis: srun starts each task in the image; the interpreter is the image's `python`."""
+    _only_env(monkeypatch)
+    head, _ = _dry_run(capsys, [*CONTAINER, "slurm.container.image=nvcr.io#nvidia/pytorch:25.01-py3", "slurm.container.runtime=pyxis"])
+    _check_golden("slurm_dry_run_pyxis.txt", head)
+    (srun,) = [line for line in head.splitlines() if line.startswith("srun ")]
+    words = shlex.split(srun)
+    assert "--container-image=nvcr.io#nvidia/pytorch:25.01-py3" in words
+    # /shared/maectl covers the job folder and the output folder: nothing added.
+    assert "--container-mounts=/shared/datasets:/data:ro,/shared/maectl" in words
+    assert words[words.index("-u") - 1] == "python" and "<python>" not in srun
+
+
+def test_dry_run_apptainer_container_golden(capsys, monkeypatch):
+    """apptainer: `apptainer exec --nv --bind ... IMAGE python` is submitit's interpreter; the
+    job folder (the code snapshot, submitit's pickles) is bound when no mount covers it."""
+    _only_env(monkeypatch)
+    head, _ = _dry_run(capsys, [*CONTAINER, "slurm.container.image=/shared/images/maectl.sif", "slurm.container.runtime=apptainer",
+                                "slurm.container.mounts=[/shared/datasets]", "slurm.python=python3.11"])
+    _check_golden("slurm_dry_run_apptainer.txt", head)
+    (srun,) = [line for line in head.splitlines() if line.startswith("srun ")]
+    assert ("apptainer exec --nv --bind /shared/datasets,/shared/maectl/jobs/<handle>,/shared/maectl/runs/<handle> "
+            "/shared/images/maectl.sif python3.11 -u -m submitit.core._submit") in shlex.join(shlex.split(srun)).replace("'", "")
+    assert "--container-image" not in srun
+
+
+def test_dry_run_python_is_configurable(capsys, monkeypatch):
+    _only_env(monkeypatch)
+    head, _ = _dry_run(capsys, [*TWO_TASKS, "slurm.python=/shared/envs/maectl/bin/python"])
+    (srun,) = [line for line in head.splitlines() if line.startswith("srun ")]
+    assert " /shared/envs/maectl/bin/python -u -m submitit.core._submit " in srun and "<python>" not in srun
+    assert "# interpreter: /shared/envs/maectl/bin/python (slurm.python)" in head
 
 
 @pytest.mark.parametrize("overrides, key", [
@@ -106,6 +152,10 @@ def test_dry_run_gpu_multinode_golden(capsys, monkeypatch):
     (["resources.time_limit_min=2"], "slurm.signal_delay_s"),  # the 120 s warning would come at once
     (["resources.nodes=2"], "output_dir"),  # the output root is under /tmp: node-local
     (["resources.nodes=2", "slurm.job_folder=/tmp/maectl-jobs", "output_dir=/shared/x"], "slurm.job_folder"),
+    (["slurm.max_restarts=-1"], "slurm.max_restarts"),
+    (["slurm.array_parallelism=0"], "slurm.array_parallelism"),
+    (["slurm.container.runtime=docker", "slurm.container.image=x"], "slurm.container.runtime"),
+    (["slurm.container.mounts=/data"], "slurm.container.mounts"),
 ])
 def test_static_checks_name_the_key(capsys, monkeypatch, overrides, key):
     _only_env(monkeypatch)

@@ -14,16 +14,29 @@ preemption without a warning signal) ends the run at once, closing its MLflow ru
 checkpoint is attempted, because SLURM signals every process of the step and torch's DataLoader
 workers die of SIGTERM, so the step in flight could not finish. A requeued run then resumes from
 the latest periodic checkpoint, losing at most one checkpoint interval. `scontrol requeue` never
-calls checkpoint(): the job restarts from its submission, which is the same task. Restarts of
-every kind are bounded by `slurm.max_requeues` (SLURM_RESTART_COUNT), the time-outs among them
-also by submitit's own count (set to the same number).
+calls checkpoint(): the job restarts from its submission, which is the same task. These restarts
+are bounded by `slurm.max_requeues` (SLURM_RESTART_COUNT less the failure retries below), the
+time-outs among them also by submitit's own count (set to the same number).
+
+Application failures. A rank whose run ends with ExitCode.FAILED (an error the runner does not
+classify: a collective that lost its peer, an NCCL timeout, a bad node, a bug) requeues the job
+itself, `scontrol requeue`, at most `slurm.max_restarts` times; the next run resumes from the
+latest checkpoint into the same MLflow run. Of a run's ranks that fail, the first to create the
+run's marker (<spec folder>/restarts/<job id>.run<N>.failed, O_EXCL on the shared folder) decides;
+the markers count the retries. A bad config or input (ExitCode.BAD_INPUT), a non-finite loss and
+a SIGTERM are never retried this way. The code comes from the job's snapshot (backend.py), so
+every run imports what the first one did.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import time
+import traceback
+from pathlib import Path
 
 from mae_core.exitcodes import ExitCode
 
@@ -37,6 +50,8 @@ MASTER_PORT_BASE, MASTER_PORT_SPAN = 30000, 2500
 WARNING_AFTER_TERM_S = 10.0
 # Tasks other than rank 0 wait this long for rank 0's requeue to end them.
 REQUEUE_WAIT_S = 60.0
+FAILURES_DIR = "restarts"  # beside the job spec: one marker per retried application failure
+CODE_ROOT = Path(__file__).resolve().parents[3]  # where this run imports orchestrator/ from (the snapshot)
 
 
 def master_port(job_id: int) -> int:
@@ -69,17 +84,31 @@ def _say(message: str) -> None:
     print(f"[maectl] {scrub_text(message)}", flush=True)
 
 
+def failure_markers(spec_path: str, job_id: str) -> list[Path]:
+    """The markers of this job's retried application failures, one per failed run."""
+    return sorted((Path(spec_path).parent / FAILURES_DIR).glob(f"{job_id}.run*.failed"))
+
+
 class SlurmTask:
     """What submitit runs on every task: one rank of the job."""
 
-    def __init__(self, spec_path: str, env: dict[str, str], max_requeues: int):
-        self.spec_path, self.env, self.max_requeues = spec_path, dict(env), max_requeues
+    def __init__(self, spec_path: str, env: dict[str, str], max_requeues: int, max_restarts: int = 0):
+        self.spec_path, self.env, self.max_requeues, self.max_restarts = spec_path, dict(env), max_requeues, max_restarts
+
+    def __setstate__(self, state):
+        self.__dict__.update({"max_restarts": 0, **state})  # a task pickled before max_restarts existed
+
+    def _requeues(self, job_id: str) -> int:
+        """Restarts so far that were not failure retries (preemption, time limit, scontrol requeue)."""
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        return max(restarts - len(failure_markers(self.spec_path, job_id)), 0)
 
     def __call__(self) -> dict:
         import submitit
 
         from mae_core.engine import StopFlag
 
+        from ...jobspec import JobSpecError
         from ...runner import JobTerminated, load_spec, run_job
 
         job_env = submitit.JobEnvironment()
@@ -89,9 +118,12 @@ class SlurmTask:
         if rank == 0:
             _say(f"SLURM job {job_env.job_id}, run {restarts + 1}: {job_env.num_tasks} task(s) on {job_env.num_nodes} node(s), "
                  f"rendezvous {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}")
-        if restarts > self.max_requeues:
+            _say(f"code: {CODE_ROOT}")
+        _say(f"rank {rank} of {job_env.num_tasks} on node {job_env.hostnames[job_env.node]} (host {socket.gethostname()})")
+        requeues = self._requeues(job_env.job_id)
+        if requeues > self.max_requeues:
             if rank == 0:
-                _say(f"not running again: restarted {restarts} times, slurm.max_requeues is {self.max_requeues}")
+                _say(f"not running again: requeued {requeues} times, slurm.max_requeues is {self.max_requeues}")
             raise SystemExit(ExitCode.TOO_MANY_RESTARTS)
 
         # submitit's USR2 handler checkpoints the callable and requeues at once, in the middle of a
@@ -113,11 +145,22 @@ class SlurmTask:
         signal.signal(warning, on_warning)
         signal.signal(signal.SIGTERM, on_sigterm)
         try:
-            code = run_job(load_spec(self.spec_path), stop=stop)
+            spec = load_spec(self.spec_path)
+        except (OSError, JobSpecError) as err:  # no retry can help
+            print(f"error: {self.spec_path}: {err}", flush=True)
+            raise SystemExit(int(ExitCode.BAD_INPUT)) from None
+        try:
+            code = run_job(spec, stop=stop)
         except JobTerminated:  # before or after the engine's own handling of it
             code = ExitCode.TERMINATED
+        except Exception:  # noqa: BLE001 — not classified by the runner (a lost peer, a bug): an application failure
+            traceback.print_exc()
+            code = ExitCode.FAILED
         if code == ExitCode.OK:
             return {"rank": rank, "exit_code": 0}
+        if code == ExitCode.FAILED:
+            self._retry_after_failure(job_env.job_id, rank, restarts)
+            raise SystemExit(int(code))
         if code == ExitCode.TERMINATED:
             deadline = time.monotonic() + WARNING_AFTER_TERM_S
             while not warned and time.monotonic() < deadline:
@@ -143,13 +186,39 @@ class SlurmTask:
             _say(f"stopping for good: {err}")
             raise SystemExit(ExitCode.TOO_MANY_RESTARTS) from None
 
+    def _retry_after_failure(self, job_id: str, rank: int, restarts: int) -> bool:
+        """Requeue the job after this rank's application failure, unless another failed rank of
+        this run already did or the retries are used up. True if this rank requeued it."""
+        folder = Path(self.spec_path).parent / FAILURES_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / f"{job_id}.run{restarts + 1}.failed"
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return False  # another rank of this run claimed the failure (and requeued, or declined)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"rank {rank} on {socket.gethostname()}, exit {int(ExitCode.FAILED)}, {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+        retry = len(failure_markers(self.spec_path, job_id))
+        if retry > self.max_restarts:
+            _say(f"application failure on rank {rank}; not retrying: {retry - 1} retries done, slurm.max_restarts is {self.max_restarts}")
+            return False
+        _say(f"application failure on rank {rank} (exit {int(ExitCode.FAILED)}): requeueing the job, retry {retry} of at most "
+             f"{self.max_restarts}; the next run resumes from the latest checkpoint")
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue's SIGTERM must not cut this short
+        result = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            _say(f"scontrol requeue {job_id} failed: {(result.stderr or result.stdout).strip()}")
+            return False
+        return True
+
     def checkpoint(self, *args, **kwargs):
         """submitit's hook on the warning signal: what to run when the job runs again."""
+        import submitit
         from submitit.helpers import DelayedSubmission
 
-        restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-        if restarts >= self.max_requeues:
-            _say(f"not requeueing: already restarted {restarts} times (slurm.max_requeues {self.max_requeues})")
+        requeues = self._requeues(submitit.JobEnvironment().job_id)
+        if requeues >= self.max_requeues:
+            _say(f"not requeueing: already requeued {requeues} times (slurm.max_requeues {self.max_requeues})")
             return None
-        _say(f"requeueing (restart {restarts + 1} of at most {self.max_requeues}); the next run resumes from the checkpoint just written")
-        return DelayedSubmission(SlurmTask(self.spec_path, self.env, self.max_requeues))
+        _say(f"requeueing (restart {requeues + 1} of at most {self.max_requeues}); the next run resumes from the checkpoint just written")
+        return DelayedSubmission(SlurmTask(self.spec_path, self.env, self.max_requeues, self.max_restarts))
