@@ -86,6 +86,9 @@ def run_job(job: JobSpec | dict, stop=None, *, sink=None, on_checkpoint=None) ->
         outcome, code = "FINISHED", ExitCode.OK
         if env.is_main:
             _say(f"done: {summary.epochs_completed} epochs, {summary.final_step} steps; last checkpoint {summary.last_checkpoint}")
+        if env.distributed:  # each rank's own view of the result (the logged losses are all-reduced: the ranks agree)
+            loss = summary.metrics.get("epoch/loss")
+            _say(f"rank {env.rank} of {env.world_size}: {summary.final_step} steps" + (f", epoch/loss {loss!r}" if loss is not None else ""))
     except Preempted as err:
         outcome, code = "KILLED", ExitCode.PREEMPTED
         _say(f"stopped: {err}")
