@@ -45,6 +45,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from mae_core.exitcodes import ExitCode, describe
@@ -53,6 +54,9 @@ from .jobspec import JobSpec
 
 CODE_DIGEST_ENV = "MAECTL_CODE_DIGEST"
 POINTER_FILE = "maectl_checkpoint.json"
+# Workers' last lines (the error that ended the job) reach the job log through Ray's log monitor,
+# a moment after the failure reaches the driver: wait that long before the driver exits.
+LOG_FLUSH_S = 2.0
 CODE_PACKAGES = ("orchestrator", "mae_core")
 
 
@@ -315,11 +319,13 @@ def _fit(spec: JobSpec, args: argparse.Namespace) -> int:
             code = final_exit_code(err)
             first_line = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
             if code is not None:
+                time.sleep(LOG_FLUSH_S)
                 _say(f"failed, not retried ({describe(code)}: another attempt cannot fix it): {first_line}")
                 _end_tracking(spec, "FAILED")
                 return code
             failures += 1
             if 0 <= args.max_failures < failures:
+                time.sleep(LOG_FLUSH_S)
                 _say(f"failed after the allowed restarts (max_failures {args.max_failures}): {first_line}")
                 _end_tracking(spec, "FAILED")
                 return ExitCode.TOO_MANY_RESTARTS
