@@ -290,6 +290,34 @@ def test_rank_0_stops_for_good_when_submitit_may_not_requeue(monkeypatch, capsys
     assert map_state("FAILED", exit_code=ExitCode.TOO_MANY_RESTARTS).message == ExitCode.TOO_MANY_RESTARTS.meaning
 
 
+def test_failure_retry_is_claimed_once_per_run_and_bounded(tmp_path, monkeypatch, capsys):
+    """Of a run's failed ranks, one decides (the marker is created O_EXCL); past
+    slurm.max_restarts nothing is requeued; failure retries do not count as requeues."""
+    spec = tmp_path / "job.yaml"
+    task = SlurmTask(str(spec), {}, max_requeues=1, max_restarts=0)
+    assert task._retry_after_failure("77", 1, restarts=0) is False  # max_restarts 0: never requeued
+    assert "not retrying: 0 retries done, slurm.max_restarts is 0" in capsys.readouterr().out
+    assert task._retry_after_failure("77", 0, restarts=0) is False  # rank 1 claimed run 1 already
+    assert capsys.readouterr().out == ""
+    assert [p.name for p in slurm_task.failure_markers(str(spec), "77")] == ["77.run1.failed"]
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert task._requeues("77") == 1  # 2 restarts, 1 of them after a failure
+
+
+def test_logs_rank_and_all_read_one_log_per_task(tmp_path, capsys):
+    folder = tmp_path / "slurm"
+    folder.mkdir()
+    for rank in (0, 1):
+        (folder / f"12_{rank}_log.out").write_text(f"rank {rank} line 1\nrank {rank} line 2\n")
+    record = SimpleNamespace(native_id="12", log_path=str(folder / "12_0_log.out"), info={"tasks": 2, "folder": str(folder)})
+    backend = SlurmBackend()
+    assert "".join(backend.logs(record, rank=1)) == "rank 1 line 1\nrank 1 line 2\n"
+    assert list(backend.all_logs(record)) == ["[rank 0] rank 0 line 1\n", "[rank 0] rank 0 line 2\n",
+                                              "[rank 1] rank 1 line 1\n", "[rank 1] rank 1 line 2\n"]
+    array = SimpleNamespace(native_id="40_3", log_path=str(folder / "40_3_0_log.out"), info={"tasks": 2})
+    assert backend.log_path(array, 1) == folder / "40_3_1_log.out"
+
+
 # -- against the stack's SLURM -------------------------------------------------------------------
 _records = jobs.records
 _metric_steps = jobs.metric_steps

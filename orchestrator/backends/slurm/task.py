@@ -131,7 +131,7 @@ class SlurmTask:
         # agree on it), then hands over to submitit's handler.
         warning = warning_signal()
         submitit_handler = signal.getsignal(warning)
-        stop, warned = StopFlag(), []
+        stop, warned, terminated = StopFlag(), [], []
 
         def on_warning(_signum, _frame):
             warned.append(time.monotonic())
@@ -140,6 +140,7 @@ class SlurmTask:
         def on_sigterm(_signum, _frame):
             # Once: a second SIGTERM (submitit's own `scontrol requeue`) must not interrupt the cleanup.
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            terminated.append(time.monotonic())
             raise JobTerminated()
 
         signal.signal(warning, on_warning)
@@ -156,6 +157,10 @@ class SlurmTask:
         except Exception:  # noqa: BLE001 — not classified by the runner (a lost peer, a bug): an application failure
             traceback.print_exc()
             code = ExitCode.FAILED
+        if terminated and code == ExitCode.FAILED:
+            # Raised while SIGTERM was ending the run (SLURM signals the DataLoader workers too, whose
+            # death then surfaces as an error): the end of a cancel or requeue, not a failure.
+            code = ExitCode.TERMINATED
         if code == ExitCode.OK:
             return {"rank": rank, "exit_code": 0}
         if code == ExitCode.FAILED:
@@ -207,6 +212,7 @@ class SlurmTask:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the requeue's SIGTERM must not cut this short
         result = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True, timeout=60)
         if result.returncode != 0:
+            marker.unlink(missing_ok=True)  # not a retry after all (e.g. the job is being requeued already)
             _say(f"scontrol requeue {job_id} failed: {(result.stderr or result.stdout).strip()}")
             return False
         return True
