@@ -140,3 +140,16 @@ def test_fine_tune_without_weights_is_refused_before_training(demo_shards, tmp_p
         train(cfg)
     assert info.value.key == "checkpoint.init_from"
     assert not list(tmp_path.glob("checkpoints/checkpoint-*.pt"))
+
+
+def test_feature_probe_separates_what_is_separable_and_nothing_else():
+    """The monitor's linear probe on frozen features (monitor.feature_probe)."""
+    from mae_core.engine.knn import linear_probe_top1
+
+    torch.manual_seed(0)
+    centres = torch.randn(5, 16) * 3
+    labels = torch.arange(600) % 5
+    features = centres[labels] + torch.randn(600, 16)
+    assert linear_probe_top1(features[:400], labels[:400], features[400:], labels[400:]) > 95
+    shuffled = labels[torch.randperm(600)]  # labels unrelated to the features: chance (20%)
+    assert linear_probe_top1(features[:400], shuffled[:400], features[400:], shuffled[400:]) < 35
