@@ -31,10 +31,11 @@ import sys
 import threading
 import time
 
-# Dense bf16 peak TFLOPs per GPU (vendor figures, no sparsity), for MFU.
+# bf16 peak TFLOPs per GPU for MFU: vendor dense figures (no sparsity), except H100/H200, where
+# 790 is the bf16 GEMM peak measured on an H200 (the same figure bench.gpu uses).
 PEAK_BF16_TFLOPS = {
-    "H200": 989.0,
-    "H100": 989.0,  # SXM; the PCIe card is 756
+    "H200": 790.0,
+    "H100": 790.0,  # SXM, same chip and clocks; the PCIe card is lower
     "A100": 312.0,
     "L40S": 362.0,
     "L4": 121.0,
