@@ -90,3 +90,14 @@ def test_block_masks_contiguous_regions():
 def test_bad_ratio_rejected():
     with pytest.raises(ValueError):
         masking_from_noise(torch.rand(1, LENGTH), 1.0)
+
+
+def test_ids_removed_are_the_masked_patches_in_shuffle_order():
+    noise = torch.rand(3, LENGTH, generator=torch.Generator().manual_seed(1))
+    m = masking_from_noise(noise, 0.75)
+    keep = num_kept(LENGTH, 0.75)
+    assert m.ids_removed.shape == (3, LENGTH - keep)
+    assert torch.equal(m.ids_removed, torch.argsort(noise, dim=1)[:, keep:])
+    assert (torch.gather(m.mask, 1, m.ids_removed) == 1).all()
+    # Kept and removed ids together are every patch once.
+    assert torch.equal(torch.cat([m.ids_keep, m.ids_removed], 1).sort(1).values, torch.arange(LENGTH).expand(3, -1))
