@@ -18,8 +18,16 @@ import pytest
 import torch
 from PIL import Image
 
-from mae_core.data.augment import (BatchErasing, FinetuneAugment, FixedSizeView, SingleDrawView, eval_crop_ratio,
-                                   randaug_policy, timm_finetune_transform, torch_seeded_python_rngs)
+from mae_core.data.augment import (
+    BatchErasing,
+    FinetuneAugment,
+    FixedSizeView,
+    SingleDrawView,
+    eval_crop_ratio,
+    randaug_policy,
+    timm_finetune_transform,
+    torch_seeded_python_rngs,
+)
 from mae_core.data.config import DataConfig
 from mae_core.data.transforms import BatchTransform, CentreView, RandomResizedView, SampleTransform
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from mae_core.exitcodes import ExitCode
-
 from orchestrator.backends.ray import RAY_PASSED_ENV_PREFIXES, RayBackend, Scaling, normalise_address
 from orchestrator.backends.states import JobState
 from orchestrator.cli import main

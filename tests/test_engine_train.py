@@ -1,6 +1,5 @@
 """The engines end to end on the tiny demo dataset, in process (one rank) on CPU."""
 
-import json
 
 import pytest
 import torch

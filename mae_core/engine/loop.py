@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from .checkpointing import CheckpointError, CheckpointManager, load_checkpoint
 from ..structured import ConfigError
+from .checkpointing import CheckpointError, CheckpointManager, load_checkpoint
 from .config import RunConfig
 from .distributed import (
     DistEnv,
@@ -393,9 +393,9 @@ class _Trainer:
         """The final encoder: ours (weights_only) and a timm-loadable export."""
         if self.cfg.task != "pretrain":
             return
-        from ..weights import export_timm_encoder, save_model
-
         import fsspec
+
+        from ..weights import export_timm_encoder, save_model
 
         fs, path = fsspec.core.url_to_fs(f"{self.out_dir}/final")
         fs.makedirs(path, exist_ok=True)
