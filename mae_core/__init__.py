@@ -6,19 +6,14 @@ The public names are resolved lazily (PEP 562), so that importing a light submod
 
 from __future__ import annotations
 
-import importlib
+from ._lazy import lazy_exports
 
 __version__ = "0.1.0"
 _EXPORTS = {name: ".models" for name in ("MAEConfig", "MaskedAutoencoderViT", "build_model", "list_models", "model_config")}
 __all__ = [*_EXPORTS, "__version__"]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, _ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__():
