@@ -251,8 +251,13 @@ def test_sweep_array_with_throttle_runs_one_point_at_a_time(mn, capsys):
     array_id = records[0].native_id.split("_")[0]
     script = next(Path(records[0].info["folder"]).glob(f"{array_id}_submission.sh")).read_text()
     assert "#SBATCH --array=0-1%1" in script
-    spans = {row["JobID"]: row for row in _sacct(array_id)}
-    first, second = spans[f"{array_id}_0"], spans[f"{array_id}_1"]
+    deadline = time.monotonic() + 60  # accounting (slurmdbd) can trail the job's own end by seconds
+    while True:
+        spans = {row["JobID"]: row for row in _sacct(array_id)}
+        first, second = spans.get(f"{array_id}_0", {}), spans.get(f"{array_id}_1", {})
+        if first.get("State") == second.get("State") == "COMPLETED" or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert first["State"] == second["State"] == "COMPLETED", spans
     assert second["Start"] >= first["End"], spans  # ISO timestamps: never side by side
     print(f"\n[slurm-mn] 2-point sweep, throttle 1: {elapsed:.1f}s; point 1 {first['Start']}..{first['End']}, "
