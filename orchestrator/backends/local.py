@@ -146,6 +146,9 @@ class LocalBackend(Backend):
             recorded = json.loads(exit_file.read_text())
             code, ended = recorded["returncode"], recorded.get("finished_at")
             code = 128 - code if code < 0 else code
+            if code == 0 and record.cancel_requested:
+                # A cancelled run stops cleanly on SIGTERM (checkpoint, exit 0): still cancelled.
+                return Status(JobState.CANCELLED, 0, "stopped on cancel after a checkpoint", ended)
             if code == 0:
                 return Status(JobState.COMPLETED, 0, "done", ended)
             if code == ExitCode.DEPENDENCY_FAILED and record.info.get("after"):
