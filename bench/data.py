@@ -4,11 +4,13 @@ Measured side by side in one run, on the same JPEGs (generated here: photo-like,
 500 x 375 like an average ImageNet image, plus a set of larger 1024 x 768 photos):
 
 1. Per core, decode + RandomResizedCrop(scale 0.2-1, bicubic) + flip to a uint8 tensor:
-   torchvision's ImageFolder with those v2 transforms, vs our path (header-only crop choice,
-   libjpeg-turbo decoding only the crop window, at reduced scale where the crop allows, torch's
-   uint8 antialiased bicubic resize), vs the same with reduced-scale decoding off, vs whole-image
-   decoding through simplejpeg (the decoder before the crop window), vs PIL with draft mode (the
-   one before that), for comparison.
+   torchvision's ImageFolder with those v2 transforms on the original JPEGs (and, to show the
+   files are no easier for it, on the JPEGs as our shards store them: with restart markers, the
+   same pixels), vs our path on the stored JPEGs (header-only crop choice, libjpeg-turbo decoding
+   only the restart segments the crop covers, at reduced scale where the crop allows, torch's
+   uint8 antialiased bicubic resize), vs our path on the original JPEGs (crop window, every
+   entropy-coded byte above the crop's bottom decoded), vs whole-image decoding through
+   simplejpeg and PIL with draft mode (the decoders before), for comparison.
 2. The whole training input pipeline (decode, augment, normalise, batch of 64) in images/s with
    0 and N DataLoader workers: torchvision ImageFolder + DataLoader, vs our WebDataset loader
    reading local shards (with simplejpeg, and with PIL only) and reading the same shards from an
@@ -92,6 +94,21 @@ def write_imagefolder(root: Path, count: int, size: tuple[int, int], num_classes
     return root
 
 
+def shard_jpeg_tree(root: Path) -> Path:
+    """A copy of the ImageFolder tree at `root` with each JPEG as `maectl data shard` stores it
+    (writer.encode_image: restart markers, the same pixels); made once, beside it."""
+    from mae_core.data.writer import ShardOptions, encode_image
+
+    stored = root.with_name(root.name + "-as-stored")
+    if not stored.exists():
+        columns = ShardOptions().restart_columns
+        for path in sorted((root / "train").rglob("*.JPEG")):
+            target = stored / path.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(encode_image(str(path), None, 95, columns))
+    return stored
+
+
 # -- 1. per-core decode + crop + flip --------------------------------------------------------------
 CHUNK = 32  # images per turn: the cases alternate this often
 
@@ -113,23 +130,28 @@ def per_core(root: Path, img_size: int, rounds: int) -> dict[str, list[float]]:
         v2.RandomHorizontalFlip(), v2.PILToTensor(),
     ]))
     paths = [path for path, _ in baseline.samples]
-    ours = {draft: SampleTransform(DataConfig(url="-", img_size=img_size, draft=draft), "pretrain") for draft in (True, False)}
+    # The same JPEGs as the shard writer stores them (restart markers, lossless), in a tree beside.
+    stored = shard_jpeg_tree(root)
+    stored_baseline = torchvision.datasets.ImageFolder(str(stored / "train"), transform=baseline.transform)
+    stored_paths = [path for path, _ in stored_baseline.samples]
+    ours = SampleTransform(DataConfig(url="-", img_size=img_size), "pretrain")
 
-    def run_ours(draft: bool, indices: range, pil: bool = False, whole: bool = False) -> None:
+    def run_ours(files: list[str], indices: range, pil: bool = False, whole: bool = False) -> None:
         with pil_decoding(pil), whole_image_decoding(whole):
             for i in indices:
-                with open(paths[i], "rb") as f:
-                    ours[draft](f.read())
+                with open(files[i], "rb") as f:
+                    ours(f.read())
 
     from mae_core.data import decode
 
     crop = "crop window" if decode._jpegcrop is not None else "NO crop-window decoder built"
     cases = {
         "torchvision ImageFolder": lambda indices: [baseline[i] for i in indices],
-        f"ours: {crop} + reduced scale": lambda indices: run_ours(True, indices),
-        f"ours: {crop} at full scale": lambda indices: run_ours(False, indices),
-        "ours: whole image (simplejpeg) + reduced scale": lambda indices: run_ours(True, indices, whole=True),
-        "ours: PIL decoding + draft": lambda indices: run_ours(True, indices, pil=True),
+        "same torchvision path, shard JPEGs": lambda indices: [stored_baseline[i] for i in indices],
+        f"ours: shard JPEGs, {crop} (restart segments)": lambda indices: run_ours(stored_paths, indices),
+        f"ours: original JPEGs, {crop}": lambda indices: run_ours(paths, indices),
+        "ours: whole image (simplejpeg)": lambda indices: run_ours(stored_paths, indices, whole=True),
+        "ours: PIL decoding + draft": lambda indices: run_ours(stored_paths, indices, pil=True),
     }
     rates: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
@@ -344,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         typical = write_imagefolder(scratch / "typical", count, (500, 375))
         large = write_imagefolder(scratch / "large", count // 2, (1024, 768), seed=1)
         mean_kb = statistics.mean(p.stat().st_size for p in (typical / "train").rglob("*.JPEG")) / 1e3
-        print(f"inputs: {count} JPEGs of 500 x 375 (mean {mean_kb:.0f} KB), {count // 2} of 1024 x 768")
+        stored_kb = statistics.mean(p.stat().st_size for p in (shard_jpeg_tree(typical) / "train").rglob("*.JPEG")) / 1e3
+        print(f"inputs: {count} JPEGs of 500 x 375 (mean {mean_kb:.1f} KB; {stored_kb:.1f} KB as shards store them), "
+              f"{count // 2} of 1024 x 768")
         if "per-core" in parts:
             run_per_core(typical, large, rounds)
         if "pipeline" in parts:

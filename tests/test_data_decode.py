@@ -109,6 +109,83 @@ def test_crop_window_decode_is_the_whole_decode_cut_to_the_box(kind, factor, fas
         assert np.array_equal(window, whole[top:top + h, left:left + w]), (top, left, h, w)
 
 
+# --- restart-marker windows ---
+
+RESTART_KINDS = KINDS + ["4:2:2", "odd size"]
+
+
+def restart_source(kind: str, width: int = 250, height: int = 187, seed: int = 0) -> bytes:
+    if kind == "4:2:2":
+        return encode(photo(width, height, seed), subsampling=1)
+    if kind == "odd size":  # a row of MCUs that only 1 and itself divide: 31 MCUs of 16 px
+        return encode(photo(16 * 30 + 5, 77, seed))
+    return jpeg_of_kind(kind, width, height, seed)
+
+
+@needs_crop_decoder
+@pytest.mark.parametrize("kind", RESTART_KINDS)
+@pytest.mark.parametrize("columns", [8, 32, 64])
+def test_restart_markers_are_lossless_and_laid_out_per_block_row(kind, columns):
+    """with_restarts keeps the DCT coefficients: every decoder gives the same pixels as from the
+    original; the markers fall every few MCUs, a whole number of segments a block row."""
+    data = restart_source(kind)
+    marked = decode._jpegcrop.with_restarts(data, columns)
+    assert decode._jpegcrop.restart_layout(data) is None
+    interval, mcu_w, mcu_h = decode._jpegcrop.restart_layout(marked)
+    width, height = Image.open(io.BytesIO(data)).size
+    assert (mcu_w, mcu_h) == {"greyscale": (8, 8), "4:4:4": (8, 8), "4:2:2": (16, 8)}.get(kind, (16, 16))
+    per_row = -(-width // mcu_w)
+    assert per_row % interval == 0 and interval <= max(1, columns // mcu_w)
+    if kind == "odd size":
+        assert interval == 1  # 31 MCUs a row: no divisor up to the 2 or 4 asked for
+    for decoder in (lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("RGB")),
+                    lambda b: decode.simplejpeg.decode_jpeg(b, fastdct=True, fastupsample=True)):
+        assert np.array_equal(decoder(marked), decoder(data))
+    assert Image.open(io.BytesIO(marked)).info.get("progression") is None  # progressive comes out baseline
+    # Optimised Huffman tables pay for the markers, except against progressive coding (which packs
+    # ~8% tighter) or a marker every MCU or two.
+    assert len(marked) < (1.10 if kind == "progressive" or columns < 32 else 1.01) * len(data)
+
+
+@needs_crop_decoder
+@pytest.mark.parametrize("kind", RESTART_KINDS)
+@pytest.mark.parametrize("factor", [1, 2, 8])
+@pytest.mark.parametrize("fast", [True, False])
+def test_restart_window_decode_is_the_whole_decode_cut_to_the_box(kind, factor, fast):
+    """Cutting the restart segments a box covers out of the scan gives exactly the pixels of the
+    whole image decoded and cut to the box, and of the same decode that ignores the markers:
+    boxes at every edge, on and off the MCU and segment grid, one pixel wide."""
+    data = decode._jpegcrop.with_restarts(restart_source(kind, seed=factor), 32)
+    width, height = Image.open(io.BytesIO(data)).size
+    whole = decode._decode_simplejpeg(open_image(data), factor, fast)
+    full_w, full_h = -(-width // factor), -(-height // factor)
+    rng = np.random.default_rng(factor)
+    boxes = [(0, 0, full_h, full_w), (full_h - 1, full_w - 1, 1, 1), (0, full_w - 3, full_h, 3), (1, 1, full_h - 2, full_w - 2),
+             (16 // factor, 32 // factor, 16 // factor or 1, 32 // factor or 1), (full_h // 2, 0, 1, full_w)]
+    for _ in range(12):
+        h, w = int(rng.integers(1, full_h + 1)), int(rng.integers(1, full_w + 1))
+        boxes.append((int(rng.integers(0, full_h - h + 1)), int(rng.integers(0, full_w - w + 1)), h, w))
+    for top, left, h, w in boxes:
+        for restarts in (True, False):
+            window = decode._jpegcrop.decode(data, factor, left, top, w, h, fast, restarts)
+            window = np.frombuffer(window, np.uint8).reshape(h, w, 3)
+            assert np.array_equal(window, whole[top:top + h, left:left + w]), (top, left, h, w, restarts)
+
+
+@needs_crop_decoder
+def test_damaged_restart_markers_fall_back_or_refuse():
+    """A scan whose markers do not match its layout (renumbered, or cut off) is decoded from its
+    start, which libjpeg-turbo then refuses (strict): the loader skips and counts the sample."""
+    data = bytearray(decode._jpegcrop.with_restarts(restart_source("baseline"), 32))
+    header_end = bytes(data).index(b"\xff\xda")
+    first_rst = bytes(data).index(b"\xff\xd0", header_end)
+    renumbered = bytearray(data)
+    renumbered[first_rst + 1] = 0xD3
+    for bad in (bytes(renumbered), bytes(data[: len(data) // 2])):
+        with pytest.raises(ValueError):
+            decode._jpegcrop.decode(bad, 1, 100, 150, 40, 30, True)
+
+
 @needs_crop_decoder
 def test_crop_window_decoder_refuses_what_it_cannot_decode():
     data = jpeg_of_kind("baseline")
@@ -221,9 +298,9 @@ def test_crop_windows_large_enough_are_decoded_at_reduced_scale(monkeypatch):
         header = staticmethod(original.header)
 
         @staticmethod
-        def decode(data, factor, left, top, width, height, fast):
+        def decode(data, factor, left, top, width, height, fast, restarts=True):
             calls.append((factor, left, top, width, height))
-            return original.decode(data, factor, left, top, width, height, fast)
+            return original.decode(data, factor, left, top, width, height, fast, restarts)
 
     monkeypatch.setattr(decode, "_jpegcrop", Recording)
     image = open_image(encode(photo(640, 480)))

@@ -82,17 +82,63 @@ def test_rerun_keeps_good_shards_and_rewrites_missing_or_damaged_ones(imagefolde
     assert repaired.shards == first.shards  # identical bytes: fixed mtimes make shards reproducible
 
 
+def test_a_shard_cut_at_a_member_boundary_is_rewritten(imagefolder, tmp_path):
+    """Cut after a whole sample, a shard still reads back as a valid (shorter) tar: the manifest's
+    checksum, or without a manifest the missing end-of-archive blocks, say it is not the one written."""
+    dest = tmp_path / "shards"
+    source = scan_split(str(imagefolder), "train")
+    options = ShardOptions(maxcount=4, seed=3)
+    first, _ = write_split(source, str(dest), options)
+    shard = dest / "train-000000.tar"
+    data = shard.read_bytes()
+    cut = 512 * (1 + -(-len(_samples(shard)[0]["jpg"]) // 512)) + 1024  # jpg + cls members, whole
+    for manifest_kept in (True, False):
+        shard.write_bytes(data[:cut])
+        assert len(_samples(shard)) < first.shards[0].count  # a shorter tar that reads back
+        if not manifest_kept:
+            os.remove(dest / "train.manifest.json")
+        results = []
+        again, _ = write_split(source, str(dest), options, on_shard=results.append)
+        assert [r.index for r in results if not r.reused] == [0] and again.shards == first.shards
+
+
+def test_shards_hold_the_source_pixels_with_restart_markers(imagefolder, tmp_path):
+    """JPEGs are stored re-coded with restart markers, losslessly; the manifest records the
+    setting, and a re-run with another setting rewrites every shard."""
+    decode = pytest.importorskip("mae_core.data.decode")
+    if decode._jpegcrop is None:
+        pytest.skip("the _jpegcrop extension was not built")
+    dest = tmp_path / "shards"
+    source = scan_split(str(imagefolder), "train")
+    manifest, _ = write_split(source, str(dest), ShardOptions(maxcount=4))
+    assert manifest.info["restart_columns"] == 32
+    by_key = {image.key: image.path for image in source.images}
+    for name in shard_files(dest):
+        for sample in _samples(dest / name):
+            assert decode._jpegcrop.restart_layout(sample["jpg"]) is not None
+            with open(by_key[sample["__key__"]], "rb") as f:
+                original = f.read()
+            assert decode._jpegcrop.restart_layout(original) is None
+            assert Image.open(io.BytesIO(sample["jpg"])).tobytes() == Image.open(io.BytesIO(original)).tobytes()
+    results = []
+    plain, _ = write_split(source, str(dest), ShardOptions(maxcount=4, restart_columns=0), on_shard=results.append)
+    assert plain.info["restart_columns"] == 0 and not any(r.reused for r in results)
+    sample = _samples(dest / "train-000000.tar")[0]
+    with open(by_key[sample["__key__"]], "rb") as f:
+        assert sample["jpg"] == f.read()  # the file's own bytes again
+
+
 def test_an_interrupted_write_leaves_no_shard_under_its_final_name(imagefolder, tmp_path, monkeypatch):
     from mae_core.data import writer
 
     calls = []
     real = writer.encode_image
 
-    def dies_on_third(path, resize, quality):
+    def dies_on_third(path, *args):
         calls.append(path)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(path, resize, quality)
+        return real(path, *args)
 
     monkeypatch.setattr(writer, "encode_image", dies_on_third)
     dest = tmp_path / "shards"
@@ -161,9 +207,29 @@ def _break_first_jpeg(shard) -> str:
     return member.name[: -len(".jpg")]
 
 
+def _extension_built() -> bool:
+    from mae_core.data import verify
+
+    return verify._restart_layout() is not None
+
+
+def test_verify_counts_samples_without_restart_segments(imagefolder, tmp_path, capsys):
+    if not _extension_built():
+        pytest.skip("the _jpegcrop extension was not built")
+    dest = tmp_path / "shards"
+    assert main(["data", "shard", str(imagefolder), str(dest), "--split", "train", "--restart-columns", "0"]) == 0
+    assert main(["data", "verify", str(dest)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "15 samples, 0 shards with problems, 0 with restart segments" in out and "rewrite the shards" in out
+
+
 def test_verify_names_tampered_shards_and_undecodable_samples(tiny_shards, capsys):
     assert main(["data", "verify", str(tiny_shards)]) == 0
-    assert "train: 3 shards, 18 samples, 0 shards with problems" in capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal's width
+    assert "train: 3 shards, 18 samples, 0 shards with problems" in out
+    if _extension_built():
+        assert "0 shards with problems, 18 with restart segments for crop-window decoding" in out
+        assert "rewrite the shards" not in out
 
     key = _break_first_jpeg(tiny_shards / "train-000001.tar")
     cut = tiny_shards / "val-000000.tar"

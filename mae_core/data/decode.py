@@ -5,10 +5,16 @@ JPEG decoding dominates the input pipeline. What makes it cheap here:
   the crop is chosen from the header alone, before decoding, and only the crop is decoded: no IDCT,
   upsampling or colour conversion for the columns beside it (`jpeg_crop_scanline`, to the nearest
   8/16-pixel block) or the rows above it (`jpeg_skip_scanlines`), and the rows below it are never
-  entropy-decoded at all (decoding stops at its last row). Entropy (Huffman) decoding of everything
-  above the crop's bottom cannot be skipped: a baseline JPEG has no index into its scan. On
-  RandomResizedCrop(0.2-1) boxes of 500 x 375 photos this is ~15-25% of the decode (docs/benchmarks.md).
-  The decoded rows land in their final buffer: no copy of the crop before resizing.
+  entropy-decoded at all (decoding stops at its last row). On RandomResizedCrop(0.2-1) boxes of
+  500 x 375 photos this saves ~15-25% of the decode. The decoded rows land in their final buffer:
+  no copy of the crop before resizing.
+- Restart-marker windows: entropy (Huffman) decoding, ~70-75% of a decode, cannot skip anything
+  above the crop's bottom in an ordinary baseline JPEG (its scan has no index). The shard writer
+  stores JPEGs losslessly re-coded with a restart marker every 32 pixels of each block row
+  (writer.py); the extension then cuts the restart segments that cover the crop out of the scan
+  as a small JPEG of their own, and only those are entropy-decoded: ~30% less decode time on
+  these boxes, the pixels unchanged (docs/benchmarks.md). JPEGs without such markers take the
+  crop-window path above.
 - Reduced-scale decoding: the JPEG is decoded at 1/2, 1/4 or 1/8 scale (in the DCT domain, far
   cheaper than decoding in full and shrinking) when the crop still covers at least the output size
   at that scale; combined with the crop window. libjpeg-turbo also offers 3/8, 5/8, 6/8 and 7/8,
@@ -57,6 +63,8 @@ FAST_COLORSPACES = ("YCbCr", "Gray")
 # before the crop-window decoder; use_simplejpeg False decodes every image with PIL.
 use_crop_decode = True
 use_simplejpeg = True
+# False: the crop-window decoder ignores restart markers (entropy-decodes the scan from its start).
+use_restart_windows = True
 
 
 @dataclass(frozen=True)
@@ -148,7 +156,7 @@ def _decode_crop_window(image: EncodedImage, view: View, factor: int, fast: bool
     y0, y1 = _scaled_span(view.top, view.height, full_h, -(-full_h // factor))
     x0, x1 = _scaled_span(view.left, view.width, full_w, -(-full_w // factor))
     try:
-        pixels = _jpegcrop.decode(image.data, factor, x0, y0, x1 - x0, y1 - y0, fast)
+        pixels = _jpegcrop.decode(image.data, factor, x0, y0, x1 - x0, y1 - y0, fast, use_restart_windows)
     except ValueError:
         return None
     image.decoded_by = "crop window"

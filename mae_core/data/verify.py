@@ -23,6 +23,9 @@ class ShardCheck:
     samples: int = 0
     problems: list[str] = field(default_factory=list)  # shard-level: unreadable, size, checksum, count
     bad_samples: list[str] = field(default_factory=list)  # "shard key: reason"
+    # Samples whose JPEG has restart markers the crop-window decoder can cut segments at (None:
+    # the decoder extension is not built here, so not counted).
+    segmented: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -41,6 +44,11 @@ class VerifyReport:
     @property
     def samples(self) -> int:
         return sum(s.samples for s in self.shards)
+
+    @property
+    def segmented(self) -> int | None:
+        counts = [s.segmented for s in self.shards]
+        return None if None in counts else sum(counts)
 
 
 def iter_shard_samples(data: bytes, url: str):
@@ -80,18 +88,30 @@ def verify_shard(url: str, shard: ShardInfo, num_classes: int, storage_options: 
     digest = hashlib.sha256(data).hexdigest()
     if digest != shard.sha256:
         check.problems.append(f"{url}: sha256 {digest[:12]}..., manifest says {shard.sha256[:12]}... (modified or corrupted)")
+    layout = _restart_layout()
+    check.segmented = 0 if layout is not None else None
     try:
         for sample in iter_shard_samples(data, url):
             check.samples += 1
             reason = check_sample(sample, num_classes)
             if reason:
                 check.bad_samples.append(f"{shard.name} {sample['__key__']}: {reason}")
+            elif layout is not None and layout(image_bytes(sample)) is not None:
+                check.segmented += 1
     except Exception as err:
         message = str(err.args[0] if err.args else err).split(" @ <")[0]  # webdataset appends the stream's repr
         check.problems.append(f"{url}: damaged tar after {check.samples} samples ({type(err).__name__}: {message})")
     if check.samples != shard.count:
         check.problems.append(f"{url}: {check.samples} samples, manifest says {shard.count}")
     return check
+
+
+def _restart_layout():
+    try:
+        from ._jpegcrop import restart_layout
+    except ImportError:
+        return None
+    return restart_layout
 
 
 def verify_split(

@@ -26,6 +26,9 @@ def register(subparsers) -> None:
     shard.add_argument("--maxsize", type=_parse_size, help="bytes per shard, e.g. 500MB (estimated from input sizes)")
     shard.add_argument("--resize", type=int, help="re-encode with this shorter side (e.g. 256); default: original bytes")
     shard.add_argument("--quality", type=int, default=95, help="JPEG quality when re-encoding (default 95)")
+    shard.add_argument("--restart-columns", type=int, default=32, metavar="PX",
+                       help="store JPEGs (losslessly) with a restart marker every PX pixels of a block row, so the "
+                            "loader decodes only what a crop covers (default 32; 0: the JPEGs' own coding)")
     shard.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="parallel shard writers")
     shard.add_argument("--seed", type=int, default=0, help="seed of the sample-to-shard shuffle")
     shard.add_argument("--val-labels", help="labels file for a flat val/ folder (file label, or one label per line)")
@@ -118,6 +121,7 @@ def _shard(args) -> int:
         raise UsageError(f"{args.src} holds neither train/ nor val/; name the split folders with --split")
     with _data_errors():
         options = ShardOptions(maxcount=args.maxcount, maxsize=args.maxsize, resize=args.resize, quality=args.quality,
+                               restart_columns=args.restart_columns,
                                workers=max(1, args.workers), seed=args.seed, storage_options=_storage(args))
         classes = None
         for split in splits:
@@ -167,7 +171,11 @@ def _verify(args) -> int:
                 for line in check.problems + check.bad_samples:
                     console.print(f"[red]bad[/] {line}", highlight=False, soft_wrap=True)
             bad = sum(not c.ok for c in report.shards)
-            console.print(f"{split}: {len(report.shards)} shards, {report.samples} samples, {bad} shards with problems", highlight=False)
+            segmented = "" if report.segmented is None else (
+                f", {report.segmented} with restart segments for crop-window decoding"
+                + (" (rewrite the shards with `maectl data shard` for the rest)" if report.segmented < report.samples else ""))
+            console.print(f"{split}: {len(report.shards)} shards, {report.samples} samples, {bad} shards with problems{segmented}",
+                          highlight=False)
             failed |= not report.ok
     return 1 if failed else 0
 
