@@ -141,7 +141,7 @@ static int read_restart_layout(const unsigned char *data, size_t len, restart_la
             if (length != 4) return 0;
             interval = be16(seg);
         } else if (marker == 0xDA) {
-            if (!have_sof || interval == 0 || out->width == 0 || out->height == 0 || seg[0] != components) return 0;
+            if (length < 3 || !have_sof || interval == 0 || out->width == 0 || out->height == 0 || seg[0] != components) return 0;
             out->header_end = pos + length;
             break;
         }
