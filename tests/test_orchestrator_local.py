@@ -112,3 +112,45 @@ def test_cancel_stops_the_process_group(tmp_path, demo_shards, monkeypatch):
     assert not group_exists(job.info["pid"], within=10.0), "the job's processes are gone (reaped)"
     again = maectl(["cancel", handle], env)
     assert again.returncode == 0 and "already ended" in again.stdout
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+@pytest.mark.integration
+def test_a_runner_killed_outright_does_not_leave_its_mlflow_run_running(tmp_path, demo_shards, mlflow_tracking_uri, monkeypatch):
+    """SIGKILL of the runner (what the kernel's OOM killer does): it cannot close its MLflow run,
+    so the supervisor ends it FAILED once the exit is recorded; the job is FAILED, 137."""
+    import uuid
+
+    from mlflow.tracking import MlflowClient
+
+    env = clean_env(tmp_path)
+    monkeypatch.setenv("MAECTL_HOME", env["MAECTL_HOME"])
+    experiment = f"tiny-killed-{uuid.uuid4().hex[:8]}"
+    result = maectl(["submit", tiny_job(tmp_path, demo_shards, epochs=200, tracking=True), "--backend", "local",
+                     f"tracking.uri={mlflow_tracking_uri}", f"tracking.experiment={experiment}"], env)
+    assert result.returncode == 0, result.stderr
+    handle = submitted_handle(result.stdout)
+    store = JobStore(Path(env["MAECTL_HOME"]) / "jobs.db")
+    job = store.get(handle)
+    run_id_file = Path(job.output_dir) / "mlflow_run_id"
+    log = Path(job.log_path)
+    deadline = time.monotonic() + 120
+    while not ("step" in (log.read_text() if log.exists() else "") and run_id_file.exists()) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    client = MlflowClient(mlflow_tracking_uri)
+    run_id = run_id_file.read_text().strip()
+    assert client.get_run(run_id).info.status == "RUNNING"
+
+    (runner,) = _children(job.info["pid"])  # supervise -> python -m orchestrator.runner
+    os.kill(runner, 9)
+    job = wait_for(store, handle, {JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+    assert job.state is JobState.FAILED and job.exit_code in (-9, 137)
+    deadline = time.monotonic() + 60
+    while client.get_run(run_id).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert client.get_run(run_id).info.status == "FAILED"
+    assert "killed by signal 9" in log.read_text() and "is now FAILED" in log.read_text()

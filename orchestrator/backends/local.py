@@ -101,7 +101,8 @@ class LocalBackend(Backend):
                           str(dep.info.get("start_ticks", "<start_ticks>"))]
             command = [sys.executable, "-m", "orchestrator.backends.local", "after", "--marker", str(request.job_dir / WAITING_FILE),
                        *waits, "--", *command]
-        return [sys.executable, "-m", "orchestrator.backends.supervise", str(request.job_dir / EXIT_FILE), "--", *command]
+        return [sys.executable, "-m", "orchestrator.backends.supervise", str(request.job_dir / EXIT_FILE),
+                "--spec", str(request.spec_path), "--", *command]
 
     def plan(self, request: LaunchRequest) -> LaunchPlan:
         ranks = request.resources.ranks_per_node
