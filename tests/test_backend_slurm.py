@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import time
 import uuid
@@ -414,6 +415,27 @@ def test_two_task_job_runs_to_completed(slurm_job_env):
     client, runs = _mlflow_runs(slurm_job_env["uri"], slurm_job_env["experiment"])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     print(f"\n[slurm] 2-task job: {time.monotonic() - started:.1f}s from submit to COMPLETED")
+
+
+@pytest.mark.integration
+def test_a_task_killed_outright_does_not_leave_the_mlflow_run_running(slurm_job_env):
+    """SIGKILL of rank 0's task (what the OOM killer does; no retry allowed): the task cannot
+    close its MLflow run, so the batch script's teardown ends it FAILED after srun returns; the
+    job is FAILED with srun's status, not the teardown's."""
+    record = _submit([*slurm_job_env["overrides"], "train.max_steps=200", "slurm.max_restarts=0"])
+    _wait_checkpoint_after(record, 0)
+    client, runs = _mlflow_runs(slurm_job_env["uri"], slurm_job_env["experiment"])
+    assert len(runs) == 1 and runs[0].info.status == "RUNNING"
+    deadline = time.monotonic() + 30
+    while (pid := jobs.slurm_task_pid(record.native_id, 0)) is None:
+        assert time.monotonic() < deadline, _log(record)[-3000:]
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    status = _wait(record, END_STATES, timeout=120)
+    log = _log(record)
+    assert status.state == JobState.FAILED and status.exit_code != 0, log[-3000:]
+    assert re.search(r"\[maectl\] srun exited \d+: the job's MLflow run, if still RUNNING, is now FAILED", log), log[-3000:]
+    assert client.get_run(runs[0].info.run_id).info.status == "FAILED"
 
 
 @pytest.mark.integration

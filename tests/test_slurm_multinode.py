@@ -265,29 +265,13 @@ def test_sweep_array_with_throttle_runs_one_point_at_a_time(mn, capsys):
 
 
 # -- application failures ---------------------------------------------------------------------------
-def _task_pid(job_id: str, rank: int) -> int | None:
-    """The process of task `rank` of SLURM job `job_id` (srun's python, from its environment)."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            env = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if (env.get("SLURM_JOB_ID") == job_id and env.get("SLURM_PROCID") == str(rank) and b"submitit.core._submit" in cmdline
-                and env.get("SLURM_STEP_ID", "") not in ("", "batch")):
-            return int(proc.name)
-    return None
-
-
 def test_killed_rank_is_retried_from_the_checkpoint_and_bad_data_is_not(mn, tmp_path):
     final = 10
     record = _submit(mn, [f"train.max_steps={final}", "slurm.max_restarts=1"])
     _wait_for("a checkpoint", record, lambda: jobs.checkpoint_steps(record.output_dir))
     checkpoint = jobs.checkpoint_steps(record.output_dir)[-1]
     _wait_for("a step past the checkpoint", record, lambda: max(jobs.metric_steps(record.output_dir), default=0) > checkpoint)
-    pid = _wait_for("rank 1's process", record, lambda: _task_pid(record.native_id, 1))
+    pid = _wait_for("rank 1's process", record, lambda: jobs.slurm_task_pid(record.native_id, 1))
     step_at = max(jobs.metric_steps(record.output_dir))
     os.kill(pid, signal.SIGKILL)  # a real failure of one rank (as a node's process dying); its peer's collective fails
     status = _wait(record, END_STATES, timeout=300)

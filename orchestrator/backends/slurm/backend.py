@@ -162,6 +162,19 @@ def setup_lines(request: LaunchRequest, folder: str) -> list[str]:
     return [*request.experiment.spec.slurm.setup, f"export PYTHONPATH={snapshot}${{PYTHONPATH:+:$PYTHONPATH}}", "export PYTHONSAFEPATH=1"]
 
 
+def teardown_lines(request: LaunchRequest, folder: str) -> list[str]:
+    """After srun, in the batch script: when srun failed, end the job's MLflow run if its tasks
+    died without closing it (teardown.py); the script exits with srun's status either way."""
+    python = interpreter(request, folder) or shlex.quote(sys.executable)
+    container = request.experiment.spec.slurm.container
+    if container.image is not None and container.runtime == "pyxis":  # the batch host may have no Python of ours
+        python = shlex.join(["srun", "--nodes=1", "--ntasks=1", f"--container-image={container.image}",
+                             f"--container-mounts={','.join(container_mounts(request, folder))}"]) + f" {python}"
+    return ["code=$?  # srun's exit status",
+            f'[ "$code" -eq 0 ] || {python} -m orchestrator.backends.slurm.teardown {shlex.quote(folder)} "$code"',
+            'exit "$code"']
+
+
 def take_snapshot(snapshot: dict) -> str:
     """Copy the packages the job imports into <job folder>/code (at submission, before sbatch),
     with a note of the commit they came from."""
@@ -203,6 +216,7 @@ def executor_parameters(request: LaunchRequest, folder: str | None = None) -> di
         "stderr_to_stdout": True,
         "additional_parameters": additional,
         "setup": setup_lines(request, folder),
+        "teardown": teardown_lines(request, folder),
     }
     optional = {
         "partition": res.partition, "account": res.account, "qos": res.qos, "constraint": res.constraint,
