@@ -9,7 +9,6 @@ Regenerate the golden files after an intended change with MAECTL_UPDATE_GOLDEN=1
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
@@ -338,17 +337,7 @@ def _log(record) -> str:
     return jobs.log(SlurmBackend(), record)
 
 
-def _redone_steps(output_dir: str) -> list[int]:
-    """Per restart, the steps done twice: the last step of a run minus the step the next run
-    started from (each run of the engine logs its config metrics first, at its start step)."""
-    runs: list[tuple[int, list[int]]] = []
-    for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if "config/world_size" in entry.get("metrics", {}):
-            runs.append((entry["step"], []))
-        elif "train/loss" in entry.get("metrics", {}):
-            runs[-1][1].append(entry["step"])
-    return [max(before[1], default=before[0]) - start for before, (start, _) in zip(runs, runs[1:])]
+_redone_steps = jobs.redone_steps
 
 
 def _wait_checkpoint_after(record, step: int, timeout: float = 120) -> int:

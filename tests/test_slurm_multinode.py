@@ -111,17 +111,7 @@ def _runs_in_log(log: str) -> list[int]:
     return [int(n) for n in re.findall(r"SLURM job \S+, run (\d+):", log)]
 
 
-def _redone_steps(output_dir: str) -> list[int]:
-    """Per restart, the steps done twice: the last step logged before it minus the step the next
-    run started from (each run of the engine logs its config metrics first, at its start step)."""
-    runs: list[tuple[int, list[int]]] = []
-    for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if "config/world_size" in entry.get("metrics", {}):
-            runs.append((entry["step"], []))
-        elif "train/loss" in entry.get("metrics", {}):
-            runs[-1][1].append(entry["step"])
-    return [max(before[1], default=before[0]) - start for before, (start, _) in zip(runs, runs[1:])]
+_redone_steps = jobs.redone_steps
 
 
 def _world_sizes(output_dir: str) -> list[float]:

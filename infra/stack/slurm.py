@@ -35,12 +35,32 @@ def _write_if_changed(path: Path, text: str, mode: int) -> None:
     path.chmod(mode)
 
 
-def slurm_env(s: cfg.Settings) -> dict[str, str]:
-    env = dict(os.environ, SLURM_CONF=str(s.slurm_conf))
+def env_for(conf: Path) -> dict[str, str]:
+    """The environment for SLURM commands and daemons of the cluster configured by `conf`."""
+    env = dict(os.environ, SLURM_CONF=str(conf))
     for key in [k for k in env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
         if key != "SLURM_CONF":
             del env[key]  # when run inside a job, its variables would confuse sbatch/srun
     return env
+
+
+def slurm_env(s: cfg.Settings) -> dict[str, str]:
+    return env_for(s.slurm_conf)
+
+
+def register_accounting(env: dict[str, str], cluster: str, account: str) -> None:
+    """The cluster, the `account` in it and root in that (what is missing of them) in slurmdbd."""
+    clusters = run_cmd(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"], env=env).stdout.split()
+    todo = [] if cluster in clusters else [["add", "cluster", cluster]]
+    assocs = run_cmd(["sacctmgr", "-n", "-P", "list", "assoc", "format=cluster,account,user"], env=env).stdout.splitlines()
+    if f"{cluster}|{account}|" not in assocs:
+        todo.append(["add", "account", account, f"cluster={cluster}", "description=maectl development", "organization=maectl"])
+    if f"{cluster}|{account}|root" not in assocs:
+        todo.append(["add", "user", "root", f"account={account}", f"cluster={cluster}"])
+    for args in todo:
+        done = run_cmd(["sacctmgr", "-i", *args], env=env)
+        if done.returncode != 0 and "Nothing new added" not in done.stdout + done.stderr:
+            raise StackError(f"sacctmgr {' '.join(args)} failed: {(done.stdout + done.stderr).strip()}")
 
 
 def real_memory_mb() -> int:
@@ -249,64 +269,71 @@ class SlurmDBD(Service):
 
     def finish(self) -> None:
         """Register the cluster, a `maectl` account and root in it (once)."""
-        s, env = self.s, slurm_env(self.s)
-        clusters = run_cmd(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"], env=env).stdout.split()
-        if s.cluster not in clusters:
-            self._sacctmgr(["add", "cluster", s.cluster])
-        assocs = run_cmd(["sacctmgr", "-n", "-P", "list", "assoc", "format=cluster,account,user"],
-                      env=env).stdout.splitlines()
-        if f"{s.cluster}|{s.account}|" not in assocs:
-            self._sacctmgr(["add", "account", s.account, f"cluster={s.cluster}",
-                            "description=maectl development", "organization=maectl"])
-        if f"{s.cluster}|{s.account}|root" not in assocs:
-            self._sacctmgr(["add", "user", "root", f"account={s.account}", f"cluster={s.cluster}"])
-
-    def _sacctmgr(self, args: list[str]) -> None:
-        done = run_cmd(["sacctmgr", "-i", *args], env=slurm_env(self.s))
-        if done.returncode != 0 and "Nothing new added" not in done.stdout + done.stderr:
-            raise StackError(f"sacctmgr {' '.join(args)} failed: {(done.stdout + done.stderr).strip()}")
+        register_accounting(slurm_env(self.s), self.s.cluster, self.s.account)
 
 
 class SlurmCtld(Service):
+    """slurmctld of the cluster that `conf` configures (the single-node one; slurm_mn.py: another)."""
     name, group, timeout = "slurmctld", "slurm", 30.0
 
+    @property
+    def conf(self) -> Path:
+        return self.s.slurm_conf
+
+    @property
+    def state_dir(self) -> Path:
+        return self.s.state / "slurm" / "state"
+
     def ports(self) -> dict[str, int]:
-        return {"slurmctld": self.s.ports["slurmctld"]}
+        return {self.name: self.s.ports[self.name]}
 
     def config(self) -> dict:
-        return {"ports": self.ports(), "conf": self.s.slurm_conf.read_text() if self.s.slurm_conf.exists() else ""}
+        return {"ports": self.ports(), "conf": self.conf.read_text() if self.conf.exists() else ""}
 
     def argv(self) -> list[str]:
-        return ["/usr/sbin/slurmctld", "-D", "-i", "-f", str(self.s.slurm_conf)]
+        return ["/usr/sbin/slurmctld", "-D", "-i", "-f", str(self.conf)]
 
     def env(self) -> dict[str, str]:
-        return slurm_env(self.s)
+        return env_for(self.conf)
 
     def check(self, config: dict) -> bool:
-        done = run_cmd(["scontrol", "ping"], env=slurm_env(self.s), timeout=10)
+        done = run_cmd(["scontrol", "ping"], env=self.env(), timeout=10)
         return "is UP" in done.stdout
 
     def prepare(self) -> None:
-        (self.s.state / "slurm" / "state").mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
 
 
 class SlurmD(Service):
+    """slurmd of node `node` of the cluster that `conf` configures."""
     name, group, timeout = "slurmd", "slurm", 30.0
+
+    @property
+    def conf(self) -> Path:
+        return self.s.slurm_conf
+
+    @property
+    def node(self) -> str:
+        return self.s.hostname
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.s.runtime / "slurmd"
 
     def ports(self) -> dict[str, int]:
         return {"slurmd": self.s.ports["slurmd"]}
 
     def config(self) -> dict:
-        return {"ports": self.ports(), "conf": self.s.slurm_conf.read_text() if self.s.slurm_conf.exists() else ""}
+        return {"ports": self.ports(), "conf": self.conf.read_text() if self.conf.exists() else ""}
 
     def argv(self) -> list[str]:
-        return ["/usr/sbin/slurmd", "-D", "-f", str(self.s.slurm_conf), "-N", self.s.hostname]
+        return ["/usr/sbin/slurmd", "-D", "-f", str(self.conf), "-N", self.node]
 
     def env(self) -> dict[str, str]:
-        return slurm_env(self.s)
+        return env_for(self.conf)
 
     def node_state(self) -> str:
-        out = run_cmd(["sinfo", "-h", "-n", self.s.hostname, "-o", "%T"], env=slurm_env(self.s), timeout=10)
+        out = run_cmd(["sinfo", "-h", "-n", self.node, "-o", "%T"], env=self.env(), timeout=10)
         return out.stdout.strip().lower()
 
     def check(self, config: dict) -> bool:
@@ -314,12 +341,12 @@ class SlurmD(Service):
         if state.startswith(("down", "drain")):
             # ReturnToService=2 brings back a node that registers; a stale DOWN from an earlier
             # unclean stop may need the nudge.
-            run_cmd(["scontrol", "update", f"nodename={self.s.hostname}", "state=resume"], env=slurm_env(self.s))
+            run_cmd(["scontrol", "update", f"nodename={self.node}", "state=resume"], env=self.env())
             return False
         return state.rstrip("*~#!%$@^-") in ("idle", "mixed", "allocated", "completing")
 
     def prepare(self) -> None:
-        (self.s.runtime / "slurmd").mkdir(parents=True, exist_ok=True)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
 
     def smoke_test(self, timeout: float = 60.0) -> float:
         """A one-task job through the whole chain (ctld → slurmd → slurmstepd → accounting)."""

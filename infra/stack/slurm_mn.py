@@ -7,16 +7,16 @@ a real cluster; the names resolve through lines the stack adds to /etc/hosts (re
 """
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import time
+from pathlib import Path
 
 from . import config as cfg
 from . import hosts
 from .base import Service
 from .process import StackError, command_ok
-from .slurm import _write_if_changed, run_cmd
+from .slurm import SlurmCtld, SlurmD, _write_if_changed, env_for, register_accounting, run_cmd
 
 NODE_CPUS = 1
 NODE_MEMORY_MB = 1024   # what the scheduler hands out; config_overrides: not checked against the host
@@ -24,11 +24,7 @@ CRED_EXPIRE_S = 10      # a requeued job waits this long (+1 s) instead of 120 s
 
 
 def slurm_mn_env(s: cfg.Settings) -> dict[str, str]:
-    env = dict(os.environ, SLURM_CONF=str(s.slurm_mn_conf))
-    for key in [k for k in env if k.startswith(("SLURM_", "SBATCH_", "SRUN_", "SALLOC_"))]:
-        if key != "SLURM_CONF":
-            del env[key]  # when run inside a job, its variables would confuse sbatch/srun
-    return env
+    return env_for(s.slurm_mn_conf)
 
 
 def node_port(s: cfg.Settings, index: int) -> int:
@@ -101,87 +97,48 @@ def prepare(s: cfg.Settings) -> None:
 def register_cluster(s: cfg.Settings) -> None:
     """The `maectl-mn` cluster, the `maectl` account in it and root (once): after slurmdbd is
     up and before slurmctld starts, so the controller registers with accounting at once."""
-    env = slurm_mn_env(s)
-    clusters = run_cmd(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"], env=env).stdout.split()
-    todo = []
-    if cfg.SLURM_MN_CLUSTER not in clusters:
-        todo.append(["add", "cluster", cfg.SLURM_MN_CLUSTER])
-    assocs = run_cmd(["sacctmgr", "-n", "-P", "list", "assoc", "format=cluster,account,user"],
-                     env=env).stdout.splitlines()
-    if f"{cfg.SLURM_MN_CLUSTER}|{s.account}|" not in assocs:
-        todo.append(["add", "account", s.account, f"cluster={cfg.SLURM_MN_CLUSTER}",
-                     "description=maectl development", "organization=maectl"])
-    if f"{cfg.SLURM_MN_CLUSTER}|{s.account}|root" not in assocs:
-        todo.append(["add", "user", "root", f"account={s.account}", f"cluster={cfg.SLURM_MN_CLUSTER}"])
-    for args in todo:
-        done = run_cmd(["sacctmgr", "-i", *args], env=env)
-        if done.returncode != 0 and "Nothing new added" not in done.stdout + done.stderr:
-            raise StackError(f"sacctmgr {' '.join(args)} failed: {(done.stdout + done.stderr).strip()}")
+    register_accounting(slurm_mn_env(s), cfg.SLURM_MN_CLUSTER, s.account)
 
 
-class SlurmCtldMN(Service):
-    name, group, timeout = "slurmctld_mn", "slurm_mn", 30.0
+class SlurmCtldMN(SlurmCtld):
+    name, group = "slurmctld_mn", "slurm_mn"
 
-    def ports(self) -> dict[str, int]:
-        return {"slurmctld_mn": self.s.ports["slurmctld_mn"]}
+    @property
+    def conf(self) -> Path:
+        return self.s.slurm_mn_conf
 
-    def config(self) -> dict:
-        conf = self.s.slurm_mn_conf
-        return {"ports": self.ports(), "conf": conf.read_text() if conf.exists() else ""}
-
-    def argv(self) -> list[str]:
-        return ["/usr/sbin/slurmctld", "-D", "-i", "-f", str(self.s.slurm_mn_conf)]
-
-    def env(self) -> dict[str, str]:
-        return slurm_mn_env(self.s)
-
-    def check(self, config: dict) -> bool:
-        done = run_cmd(["scontrol", "ping"], env=slurm_mn_env(self.s), timeout=10)
-        return "is UP" in done.stdout
-
-    def prepare(self) -> None:
-        (self.s.state / "slurm_mn" / "state").mkdir(parents=True, exist_ok=True)
+    @property
+    def state_dir(self) -> Path:
+        return self.s.state / "slurm_mn" / "state"
 
 
-class SlurmDNode(Service):
+class SlurmDNode(SlurmD):
     """One slurmd of the 3-node cluster (`slurmd -N nK`), in a UTS namespace named nK."""
-    group, timeout = "slurm_mn", 30.0
+    group = "slurm_mn"
 
     def __init__(self, settings: cfg.Settings, index: int):
         self.index = index
-        self.node = cfg.SLURM_MN_NODES[index]
-        self.name = f"slurmd_{self.node}"
+        self.name = f"slurmd_{cfg.SLURM_MN_NODES[index]}"
         super().__init__(settings)
+
+    @property
+    def conf(self) -> Path:
+        return self.s.slurm_mn_conf
+
+    @property
+    def node(self) -> str:
+        return cfg.SLURM_MN_NODES[self.index]
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.s.runtime / "slurm_mn" / self.node
 
     def ports(self) -> dict[str, int]:
         return {"slurmd_mn": node_port(self.s, self.index)}
 
-    def config(self) -> dict:
-        conf = self.s.slurm_mn_conf
-        return {"ports": self.ports(), "conf": conf.read_text() if conf.exists() else ""}
-
     def argv(self) -> list[str]:
-        slurmd = ["/usr/sbin/slurmd", "-D", "-f", str(self.s.slurm_mn_conf), "-N", self.node]
         # unshare and sh exec in place: the PID we record is slurmd's own.
-        return ["/usr/bin/unshare", "--uts", "/bin/sh", "-c",
-                f"hostname {self.node} && exec {shlex.join(slurmd)}"]
-
-    def env(self) -> dict[str, str]:
-        return slurm_mn_env(self.s)
-
-    def node_state(self) -> str:
-        out = run_cmd(["sinfo", "-h", "-n", self.node, "-o", "%T"], env=slurm_mn_env(self.s), timeout=10)
-        return out.stdout.strip().lower()
-
-    def check(self, config: dict) -> bool:
-        state = self.node_state()
-        if state.startswith(("down", "drain")):
-            run_cmd(["scontrol", "update", f"nodename={self.node}", "state=resume"], env=slurm_mn_env(self.s))
-            return False
-        return state.rstrip("*~#!%$@^-") in ("idle", "mixed", "allocated", "completing")
-
-    def prepare(self) -> None:
-        (self.s.runtime / "slurm_mn" / self.node).mkdir(parents=True, exist_ok=True)
+        return ["/usr/bin/unshare", "--uts", "/bin/sh", "-c", f"hostname {self.node} && exec {shlex.join(super().argv())}"]
 
 
 def idle_nodes(s: cfg.Settings) -> list[str]:
