@@ -149,7 +149,7 @@ def test_restart_markers_are_lossless_and_laid_out_per_block_row(kind, columns):
 
 @needs_crop_decoder
 @pytest.mark.parametrize("kind", RESTART_KINDS)
-@pytest.mark.parametrize("factor", [1, 2, 8])
+@pytest.mark.parametrize("factor", [1, 2, 4, 8])
 @pytest.mark.parametrize("fast", [True, False])
 def test_restart_window_decode_is_the_whole_decode_cut_to_the_box(kind, factor, fast):
     """Cutting the restart segments a box covers out of the scan gives exactly the pixels of the
