@@ -218,7 +218,13 @@ def test_two_node_job_sees_node_ids_0_and_1_and_node_names_resolve(slurm_mn, tmp
 @pytest.mark.integration
 def test_submitit_two_node_job_reaches_completed_through_accounting(slurm_mn, tmp_path, monkeypatch):
     submitit = pytest.importorskip("submitit")
+    from submitit.slurm import slurm as submitit_slurm
+
     monkeypatch.setenv("SLURM_CONF", slurm_mn.conf)   # submitit's sbatch/sacct read it
+    # submitit keeps one process-wide watcher that caches states by job id and never asks again
+    # about a finished one: a job of the single-node cluster with this id, seen earlier in the
+    # session (e.g. one that failed on purpose), would answer for this cluster's job.
+    monkeypatch.setattr(submitit_slurm.SlurmJob, "watcher", submitit_slurm.SlurmInfoWatcher(delay_s=600))
 
     def where():  # nested: pickled by value, so the job needs no import of this file
         import socket
