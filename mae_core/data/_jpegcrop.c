@@ -47,11 +47,13 @@ static void on_message(j_common_ptr cinfo, int level) {
     if (level < 0) on_error(cinfo);
 }
 
-static void init_errors(struct jpeg_decompress_struct *cinfo, strict_error_mgr *err) {
-    cinfo->err = jpeg_std_error(&err->pub);
-    err->pub.error_exit = on_error;
-    err->pub.emit_message = on_message;
+/* The error manager of a (de)compress struct: errors and corrupt-data warnings longjmp to err->jump. */
+static struct jpeg_error_mgr *strict_errors(strict_error_mgr *err) {
+    struct jpeg_error_mgr *pub = jpeg_std_error(&err->pub);
+    pub->error_exit = on_error;
+    pub->emit_message = on_message;
     err->message[0] = '\0';
+    return pub;
 }
 
 static PyObject *jpegcrop_header(PyObject *self, PyObject *args) {
@@ -59,7 +61,7 @@ static PyObject *jpegcrop_header(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*", &data)) return NULL;
     struct jpeg_decompress_struct cinfo;
     strict_error_mgr err;
-    init_errors(&cinfo, &err);
+    cinfo.err = strict_errors(&err);
     jpeg_create_decompress(&cinfo);
     if (setjmp(err.jump)) {
         jpeg_destroy_decompress(&cinfo);
@@ -257,7 +259,7 @@ static PyObject *jpegcrop_decode(PyObject *self, PyObject *args) {
     unsigned char *volatile window = NULL;
     const unsigned char *source = data.buf;
     size_t source_len = (size_t)data.len;
-    init_errors(&cinfo, &err);
+    cinfo.err = strict_errors(&err);
     jpeg_create_decompress(&cinfo);
     PyThreadState *thread = PyEval_SaveThread(); /* no Python objects touched until restored */
     restart_layout layout = {0};
@@ -368,16 +370,14 @@ static PyObject *jpegcrop_with_restarts(PyObject *self, PyObject *args) {
     unsigned long encoded_len = 0;
     const char *volatile problem = NULL;
     volatile int dst_created = 0;
-    init_errors(&src, &src_err);
+    src.err = strict_errors(&src_err);
     jpeg_create_decompress(&src);
     PyThreadState *thread = PyEval_SaveThread();
     if (setjmp(src_err.jump)) {
         problem = src_err.message;
         goto done;
     }
-    dst.err = jpeg_std_error(&dst_err.pub);
-    dst_err.pub.error_exit = on_error;
-    dst_err.pub.emit_message = on_message;
+    dst.err = strict_errors(&dst_err);
     if (setjmp(dst_err.jump)) {
         problem = dst_err.message;
         goto done;
